@@ -1,0 +1,300 @@
+"""Run a job in a child process, so a native crash cannot close the window and cancel can always stop it.
+
+Protocol (tuples over a duplex ``multiprocessing`` pipe, spawn start method on every platform):
+
+child -> parent
+    ``("progress", done, total, message)``  how far the job is
+    ``("event", payload)``                  a domain datum streamed before the result (a token, a log line)
+    ``("result", value)``                   the job's return value; the last message of a successful job
+    ``("error", JobError.as_dict())``       a failure the job caught; the last message
+    ``("cancelled",)``                      the job saw the cancel request and cleaned up
+
+parent -> child
+    ``("cancel",)``                         please stop; the job's ``cancelled()`` returns True from now on
+
+If the child dies without a last message (segfault, ``abort()``, out-of-memory kill) the parent reports a
+``JobError`` of kind "crash" with the signal and the tail of the child's log. If it does not stop within the
+grace period after a cancel it is killed; in both cases the parent removes the paths the caller named as
+``cleanup`` (partial outputs), since a dead child cannot.
+
+The target is named as ``"package.module:function"`` and called as ``fn(progress=..., cancelled=..., **kwargs)``,
+plus ``emit=...`` when the function takes an ``emit`` parameter.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import importlib
+import inspect
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from desktop.errors import Cancelled
+from desktop.fileio import remove_quietly
+from desktop.jobs import CancelledFn, JobError, JobFailed, ProgressFn, error_from_exception
+
+log = logging.getLogger(__name__)
+
+_live: weakref.WeakSet[ChildProcess] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+_WINDOWS_CRASHES = {
+    0xC0000005: "an access violation",
+    0xC0000409: "a stack buffer overrun",
+    0xC00000FD: "a stack overflow",
+    3: "abort()",
+}
+
+
+def _resolve(target: str) -> Callable[..., Any]:
+    module_name, _, func_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), func_name)  # type: ignore[no-any-return]
+
+
+def _child_main(conn: Connection, target: str, kwargs: dict[str, Any], log_path: str | None) -> None:
+    """Entry point of the child process."""
+    if log_path:
+        # Native libraries write to fd 2; send it (and Python's crash traces) to a per-job log the parent reads.
+        log_file = open(log_path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
+        os.dup2(log_file.fileno(), 2)
+        sys.stderr = open(2, "w", closefd=False, buffering=1)  # noqa: SIM115
+        faulthandler.enable(file=log_file, all_threads=True)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+
+    send_lock = threading.Lock()
+    cancel_seen = threading.Event()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with send_lock:
+            conn.send(message)
+
+    def cancelled() -> bool:
+        if not cancel_seen.is_set():
+            with send_lock:  # poll/recv share the pipe's read end; serialise with senders for safety
+                while conn.poll():
+                    if conn.recv()[0] == "cancel":
+                        cancel_seen.set()
+        return cancel_seen.is_set()
+
+    def progress(done: float, total: float, message: str = "") -> None:
+        send(("progress", float(done), float(total), message))
+
+    def emit(payload: Any) -> None:
+        send(("event", payload))
+
+    try:
+        fn = _resolve(target)
+        extra: dict[str, Any] = {}
+        if "emit" in inspect.signature(fn).parameters:
+            extra["emit"] = emit
+        result = fn(progress=progress, cancelled=cancelled, **extra, **kwargs)
+    except Cancelled:
+        send(("cancelled",))
+    except BaseException as exc:  # noqa: BLE001 - everything must cross as a value
+        error = error_from_exception(exc)
+        if error.detail:
+            print(error.detail, file=sys.stderr, flush=True)
+        send(("error", error.as_dict()))
+    else:
+        send(("result", result))
+    finally:
+        conn.close()
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """A plain description of how a process ended without a last message."""
+    if exitcode is None:
+        return "it stopped answering"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        plain = {
+            "SIGSEGV": "a segmentation fault",
+            "SIGABRT": "an abort",
+            "SIGKILL": "being killed (often the system running out of memory)",
+            "SIGBUS": "a bus error",
+            "SIGILL": "an illegal instruction (the CPU lacks an instruction this build uses)",
+            "SIGFPE": "an arithmetic fault",
+        }.get(name, name)
+        return f"{plain} ({name})"
+    code = exitcode & 0xFFFFFFFF
+    if code in _WINDOWS_CRASHES:
+        return f"{_WINDOWS_CRASHES[code]} (exit code {code:#x})"
+    return f"exit code {exitcode}"
+
+
+class ChildProcess:
+    """One job in one child process. Use :func:`run_in_child` unless you need the pieces."""
+
+    def __init__(self, target: str, kwargs: dict[str, Any] | None = None, *, log_path: Path | None = None) -> None:
+        self.target = target
+        self.kwargs = kwargs or {}
+        self.log_path = log_path
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe(duplex=True)
+        self._child_conn: Connection | None = child_conn
+        self.process = ctx.Process(
+            target=_child_main,
+            args=(child_conn, target, self.kwargs, str(log_path) if log_path else None),
+            daemon=True,
+            name=f"quantdesk-{target.rsplit(':', 1)[-1]}",
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def start(self) -> None:
+        self.process.start()
+        assert self._child_conn is not None
+        self._child_conn.close()
+        self._child_conn = None
+        with _live_lock:
+            _live.add(self)
+
+    def send_cancel(self) -> None:
+        try:
+            self._conn.send(("cancel",))
+        except (OSError, EOFError, BrokenPipeError):
+            pass
+
+    def receive(self, timeout: float) -> tuple[Any, ...] | None:
+        """The next message, or None if none came within ``timeout``. Raises EOFError when the child is gone."""
+        if self._conn.poll(timeout):
+            return self._conn.recv()  # type: ignore[no-any-return]
+        if not self.process.is_alive() and not self._conn.poll(0):
+            raise EOFError
+        return None
+
+    def kill(self, grace: float = 0.0) -> None:
+        """Stop the process: terminate, wait up to ``grace``, then kill."""
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(grace if grace > 0 else 0.5)
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5)
+
+    def close(self) -> None:
+        self.kill()
+        self._conn.close()
+        with _live_lock:
+            _live.discard(self)
+
+    def log_tail(self, max_chars: int = 4000) -> str:
+        if not self.log_path:
+            return ""
+        try:
+            data = Path(self.log_path).read_bytes()
+        except OSError:
+            return ""
+        return data[-max_chars:].decode("utf-8", "replace")
+
+
+def run_in_child(
+    target: str,
+    kwargs: dict[str, Any] | None = None,
+    *,
+    progress: ProgressFn | None = None,
+    cancelled: CancelledFn | None = None,
+    on_event: Callable[[Any], None] | None = None,
+    cleanup: Iterable[Path | str] = (),
+    grace_s: float = 2.0,
+    log_path: Path | None = None,
+    crash_next_step: str = "",
+) -> Any:
+    """Run ``target`` in a child process and return its result.
+
+    Raises :class:`Cancelled` when the job was cancelled (the child stopped or was killed) and
+    :class:`JobFailed` with a :class:`JobError` when it failed or crashed. ``cleanup`` paths are removed on
+    every outcome but success.
+    """
+    if log_path is None:
+        from desktop import paths
+
+        log_path = paths.logs_dir() / f"job-{target.rsplit(':', 1)[-1]}-{os.getpid()}-{time.time_ns()}.log"
+    child = ChildProcess(target, kwargs, log_path=log_path)
+    succeeded = False
+    cancel_deadline: float | None = None
+    try:
+        child.start()
+        while True:
+            if cancel_deadline is None and cancelled is not None and cancelled():
+                child.send_cancel()
+                cancel_deadline = time.monotonic() + grace_s
+            if cancel_deadline is not None and time.monotonic() > cancel_deadline:
+                log.info("job %s did not stop within %.1f s of cancel; killing it", target, grace_s)
+                raise Cancelled()
+            try:
+                message = child.receive(0.05)
+            except EOFError:
+                break
+            if message is None:
+                continue
+            kind = message[0]
+            if kind == "progress" and progress is not None:
+                progress(message[1], message[2], message[3])
+            elif kind == "event" and on_event is not None:
+                on_event(message[1])
+            elif kind == "result":
+                succeeded = True
+                child.process.join(2)  # let it exit on its own; close() kills only a straggler
+                return message[1]
+            elif kind == "error":
+                raise JobFailed(JobError.from_dict(message[1]))
+            elif kind == "cancelled":
+                raise Cancelled()
+        child.process.join(5)
+        if cancel_deadline is not None:
+            raise Cancelled()
+        how = describe_exit(child.process.exitcode)
+        raise JobFailed(
+            JobError(
+                "crash",
+                f"The background process crashed with {how}; QuantDesk itself is fine.",
+                crash_next_step or "Retry; if it happens again, the log has the details.",
+                child.log_tail(),
+            )
+        )
+    finally:
+        child.close()
+        if not succeeded:
+            for path in cleanup:
+                remove_quietly(path)
+        if succeeded and log_path is not None:
+            _drop_empty(log_path)
+
+
+def _drop_empty(path: Path) -> None:
+    try:
+        if path.stat().st_size == 0:
+            path.unlink()
+    except OSError:
+        pass
+
+
+def live_children() -> list[ChildProcess]:
+    with _live_lock:
+        return list(_live)
+
+
+def terminate_all(grace_s: float = 2.0) -> None:
+    """Stop every child process still running (used when the app closes)."""
+    for child in live_children():
+        child.send_cancel()
+    deadline = time.monotonic() + grace_s
+    for child in live_children():
+        child.process.join(max(0.0, deadline - time.monotonic()))
+        child.close()

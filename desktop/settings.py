@@ -1,0 +1,42 @@
+"""User settings: one typed dataclass with defaults and a version; a JSON file is only its storage."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+
+from desktop import paths
+from desktop.fileio import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+SETTINGS_VERSION = 1
+
+
+@dataclass
+class Settings:
+    version: int = SETTINGS_VERSION
+    models_dir: str = ""  # empty: the default folder under the data dir
+    cpu_repack: bool = False  # llama.cpp's AMX/repack buffers; off by default, they crash some CPUs on Q4_K
+    hf_offline: bool = False
+
+
+def load_settings() -> Settings:
+    path = paths.settings_path()
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Settings()
+    except (OSError, ValueError) as exc:
+        log.warning("settings file %s unreadable (%s); using defaults", path, exc)
+        return Settings()
+    known = {f.name for f in dataclasses.fields(Settings)}
+    values = {k: v for k, v in raw.items() if k in known}
+    values["version"] = SETTINGS_VERSION
+    return Settings(**values)
+
+
+def save_settings(settings: Settings) -> None:
+    write_text_atomic(paths.settings_path(), json.dumps(dataclasses.asdict(settings), indent=2))

@@ -1,0 +1,1 @@
+"""Package data: icons, the style sheet and bundled texts. Find files through :func:`desktop.resources.path`."""
