@@ -1,0 +1,61 @@
+"""The one place the application object is made."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QApplication
+
+from desktop import APP_NAME, __version__, paths, resources
+
+
+def _setup_logging() -> None:
+    handler = logging.handlers.RotatingFileHandler(
+        paths.logs_dir() / "quantdesk.log", maxBytes=2_000_000, backupCount=3, encoding="utf-8"
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+
+
+def run_app(argv: list[str] | None = None) -> int:
+    from desktop.ui.main_window import MainWindow
+    from desktop.ui.theme import follow_system
+
+    _setup_logging()
+    app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
+    app.setApplicationName(APP_NAME)
+    app.setApplicationVersion(__version__)
+    app.setOrganizationName(APP_NAME)
+    app.setWindowIcon(QIcon(str(resources.path("icons/app.svg"))))
+    follow_system(app)
+    window = MainWindow()
+    window.show()
+    return app.exec()
+
+
+def selfcheck() -> dict[str, object]:
+    """Build the window without showing it and check the parts a broken bundle would lose."""
+    from PySide6.QtGui import QImage
+
+    from desktop.process import run_in_child
+    from desktop.ui.main_window import MainWindow
+    from desktop.ui.theme import apply_theme
+
+    app = QApplication.instance() or QApplication(["quantdesk", "-platform", "offscreen"])
+    apply_theme(app)  # type: ignore[arg-type]
+    window = MainWindow(start_background=False)
+    icon = QImage(str(resources.path("icons/chat.svg")))  # needs Qt's SVG image plugin
+    report = run_in_child("desktop.hardware:report_job")  # a child process of this very executable
+    checks = {
+        "resources": resources.path("style.qss").is_file(),
+        "svg_plugin": not icon.isNull(),
+        "main_window": window.sidebar.count() == 5,
+        "child_process": report.cpu.logical_cores > 0,
+        "llama_cpp": report.llama.available,
+    }
+    window.close()
+    return {"checks": checks, "llama_cpp_version": report.llama.version, "resources_dir": str(resources.resources_dir())}

@@ -1,0 +1,155 @@
+"""The local model library: a SQLite table of the GGUF files QuantDesk knows, with what each one is.
+
+Rows are written when a model is added (demo model, download, import, conversion, quantization) and read by the
+Models page. Each call opens its own connection, so any worker thread may use a :class:`Library`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from desktop import paths
+from desktop.gguf_info import read_gguf
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    architecture TEXT NOT NULL,
+    parameters INTEGER NOT NULL,
+    quant_type TEXT NOT NULL,
+    context_length INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    source TEXT NOT NULL DEFAULT '',
+    base_model_id INTEGER REFERENCES models(id) ON DELETE SET NULL,
+    imatrix TEXT,
+    added_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    id: int
+    path: Path
+    name: str
+    architecture: str
+    parameters: int
+    quant_type: str
+    context_length: int
+    size_bytes: int
+    source: str
+    imatrix: str | None
+    added_at: float
+
+    @property
+    def exists(self) -> bool:
+        return self.path.exists()
+
+
+class Library:
+    def __init__(self, db_path: Path | None = None) -> None:
+        self.db_path = db_path or paths.database_path()
+        with self._connect() as db:
+            db.executescript(SCHEMA)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.db_path, timeout=10)
+        try:
+            db.execute("PRAGMA foreign_keys = ON")
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def add_file(
+        self,
+        path: Path | str,
+        source: str = "imported",
+        quant_type: str | None = None,
+        imatrix: str | None = None,
+    ) -> ModelEntry:
+        """Read a GGUF's header and add it (or refresh it, if the path is known). Raises UserError if unreadable."""
+        path = Path(path).resolve()
+        info = read_gguf(path)
+        with self._connect() as db:
+            db.execute(
+                """INSERT INTO models (path, name, architecture, parameters, quant_type, context_length,
+                                       size_bytes, source, imatrix, added_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(path) DO UPDATE SET name=excluded.name, architecture=excluded.architecture,
+                       parameters=excluded.parameters, quant_type=excluded.quant_type,
+                       context_length=excluded.context_length, size_bytes=excluded.size_bytes,
+                       source=excluded.source, imatrix=excluded.imatrix""",
+                (
+                    str(path),
+                    info.name,
+                    info.architecture,
+                    info.parameter_count,
+                    quant_type or info.quant_type,
+                    info.context_length,
+                    info.size_bytes,
+                    source,
+                    imatrix,
+                    time.time(),
+                ),
+            )
+        entry = self.get_by_path(path)
+        assert entry is not None
+        return entry
+
+    def models(self) -> list[ModelEntry]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT id, path, name, architecture, parameters, quant_type, context_length, size_bytes, source,"
+                " imatrix, added_at FROM models ORDER BY name COLLATE NOCASE, quant_type"
+            ).fetchall()
+        return [_entry(row) for row in rows]
+
+    def get_by_path(self, path: Path | str) -> ModelEntry | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT id, path, name, architecture, parameters, quant_type, context_length, size_bytes, source,"
+                " imatrix, added_at FROM models WHERE path = ?",
+                (str(Path(path).resolve()),),
+            ).fetchone()
+        return _entry(row) if row else None
+
+    def remove(self, model_id: int, *, delete_file: bool = False) -> None:
+        """Forget a model; with ``delete_file`` also delete it (and its shards) from disk."""
+        with self._connect() as db:
+            row = db.execute("SELECT path FROM models WHERE id = ?", (model_id,)).fetchone()
+            db.execute("DELETE FROM models WHERE id = ?", (model_id,))
+        if row and delete_file:
+            from desktop.gguf_info import shard_paths
+
+            for shard in shard_paths(Path(row[0])):
+                with contextlib.suppress(FileNotFoundError):
+                    shard.unlink()
+
+    def is_empty(self) -> bool:
+        with self._connect() as db:
+            return db.execute("SELECT COUNT(*) FROM models").fetchone()[0] == 0
+
+
+def _entry(row: tuple) -> ModelEntry:  # type: ignore[type-arg]
+    return ModelEntry(
+        id=row[0],
+        path=Path(row[1]),
+        name=row[2],
+        architecture=row[3],
+        parameters=row[4],
+        quant_type=row[5],
+        context_length=row[6],
+        size_bytes=row[7],
+        source=row[8],
+        imatrix=row[9],
+        added_at=row[10],
+    )

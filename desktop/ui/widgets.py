@@ -1,0 +1,93 @@
+"""Small widgets shared by the pages."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
+
+
+class Card(QFrame):
+    """A titled panel, the building block of every page."""
+
+    def __init__(self, title: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("card")
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(14, 12, 14, 12)
+        outer.setSpacing(8)
+        self.title_label = QLabel(title)
+        self.title_label.setObjectName("cardTitle")
+        outer.addWidget(self.title_label)
+        self.body = QVBoxLayout()
+        self.body.setSpacing(6)
+        outer.addLayout(self.body)
+
+
+class KeyValueGrid(QWidget):
+    """Two aligned columns of "label: value" rows whose values can be updated in place."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._grid = QGridLayout(self)
+        self._grid.setContentsMargins(0, 0, 0, 0)
+        self._grid.setHorizontalSpacing(16)
+        self._grid.setVerticalSpacing(4)
+        self._grid.setColumnStretch(1, 1)
+        self._values: dict[str, QLabel] = {}
+
+    def set_row(self, key: str, value: str) -> None:
+        label = self._values.get(key)
+        if label is None:
+            row = len(self._values)
+            name = QLabel(key)
+            name.setObjectName("keyLabel")
+            name.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+            label = QLabel()
+            label.setWordWrap(True)
+            label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            self._grid.addWidget(name, row, 0)
+            self._grid.addWidget(label, row, 1)
+            self._values[key] = label
+        label.setText(value)
+
+    def value(self, key: str) -> str:
+        return self._values[key].text()
+
+    def clear(self) -> None:
+        while self._grid.count():
+            item = self._grid.takeAt(0)
+            if item.widget():
+                item.widget().deleteLater()
+        self._values.clear()
+
+
+class UsageBar(QWidget):
+    """A labelled bar: "RAM  12.1 GB of 24.0 GB" over a progress bar."""
+
+    def __init__(self, title: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        layout = QGridLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.title = QLabel(title)
+        self.title.setObjectName("keyLabel")
+        self.text = QLabel("–")
+        self.text.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1000)
+        self.bar.setTextVisible(False)
+        self.bar.setFixedHeight(8)
+        layout.addWidget(self.title, 0, 0)
+        layout.addWidget(self.text, 0, 1)
+        layout.addWidget(self.bar, 1, 0, 1, 2)
+
+    def set_value(self, fraction: float, text: str) -> None:
+        self.bar.setValue(int(max(0.0, min(1.0, fraction)) * 1000))
+        self.text.setText(text)
+
+
+def note_label(text: str = "") -> QLabel:
+    label = QLabel(text)
+    label.setObjectName("note")
+    label.setWordWrap(True)
+    return label

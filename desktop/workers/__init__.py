@@ -1,0 +1,5 @@
+"""The bridge between Qt-free jobs and the GUI: runs them off the GUI thread and turns callbacks into signals."""
+
+from desktop.workers.jobs import Job, JobManager, JobState
+
+__all__ = ["Job", "JobManager", "JobState"]

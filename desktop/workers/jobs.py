@@ -1,0 +1,221 @@
+"""One generic worker mechanism for every feature.
+
+A :class:`Job` wraps a Qt-free callable ``fn(progress, cancelled)`` (see :mod:`desktop.jobs`); the
+:class:`JobManager` runs it on a thread pool and tracks it for the status area. Native work goes through
+:func:`desktop.process.run_in_child` inside ``fn``, so the same mechanism also covers child processes::
+
+    job = Job("Quantize to Q4_K_M", lambda progress, cancelled: run_in_child(
+        "desktop.quantize:run_job", {...}, progress=progress, cancelled=cancelled))
+    job.sig_result.connect(self._on_quantized)
+    manager.start(job)
+
+Signals cross to the GUI thread queued. After :meth:`Job.cancel`, no late progress or result reaches the
+receivers; :attr:`Job.sig_finished` is always the last signal, on every outcome.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+
+from desktop import process
+from desktop.errors import Cancelled
+from desktop.jobs import JobError, RateMeter, error_from_exception
+
+log = logging.getLogger(__name__)
+
+JobFn = Callable[..., Any]
+"""Called as ``fn(progress=..., cancelled=...)``, the contract of :mod:`desktop.jobs`."""
+
+
+class JobState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class _Relay(QObject):
+    """Lives in the GUI thread; the worker thread emits these, Qt queues them to the Job."""
+
+    progress = Signal(float, float, str)
+    done = Signal(str, object)  # outcome ("result" | "error" | "cancelled"), payload
+
+
+class Job(QObject):
+    sig_progress = Signal(float, float, str)
+    """(done, total, message), throttled: only when the rounded per-mille or the message changes."""
+    sig_result = Signal(object)
+    """The job's return value, on success."""
+    sig_error = Signal(object)
+    """A :class:`~desktop.jobs.JobError`, on failure or crash."""
+    sig_cancelled = Signal()
+    """The job stopped because it was cancelled (and has cleaned up)."""
+    sig_finished = Signal()
+    """Always emitted last, whatever the outcome."""
+    sig_state_changed = Signal()
+    """State, progress text or speed changed; for the status area."""
+
+    def __init__(self, title: str, fn: JobFn, parent: QObject | None = None, *, visible: bool = True) -> None:
+        super().__init__(parent)
+        self.title = title
+        self.visible = visible  # quick housekeeping jobs (reading the library) stay out of the status area
+        self._fn = fn
+        self.state = JobState.QUEUED
+        self.done = 0.0
+        self.total = 0.0
+        self.message = ""
+        self.error: JobError | None = None
+        self.started_at: float | None = None
+        self._meter = RateMeter()
+        self._cancel = threading.Event()
+        self._finished = threading.Event()
+        self._relay = _Relay()
+        self._relay.progress.connect(self._on_progress)
+        self._relay.done.connect(self._on_done)
+        self._last_key: tuple[int, str] | None = None
+
+    # ---- called from the GUI thread
+    def cancel(self) -> None:
+        if self.state in (JobState.QUEUED, JobState.RUNNING):
+            self._cancel.set()
+            self.message = "Cancelling…"
+            self.sig_state_changed.emit()
+
+    def is_cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def is_active(self) -> bool:
+        return self.state in (JobState.QUEUED, JobState.RUNNING)
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block until the worker thread is done (used at shutdown, never in normal GUI code)."""
+        return self._finished.wait(timeout_s)
+
+    def rate(self) -> float:
+        return self._meter.rate()
+
+    def eta(self) -> float | None:
+        return self._meter.eta(self.total)
+
+    # ---- called from the worker thread
+    def _run(self) -> None:
+        self.started_at = time.monotonic()
+        try:
+            if self._cancel.is_set():
+                raise Cancelled()
+            result = self._fn(progress=self._report_progress, cancelled=self._cancel.is_set)
+        except Cancelled:
+            self._relay.done.emit("cancelled", None)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes a value
+            error = error_from_exception(exc)
+            if error.kind == "internal":
+                log.error("job %r failed:\n%s", self.title, error.detail)
+            self._relay.done.emit("error", error)
+        else:
+            if self._cancel.is_set():
+                self._relay.done.emit("cancelled", None)
+            else:
+                self._relay.done.emit("result", result)
+        finally:
+            self._finished.set()
+
+    def _report_progress(self, done: float, total: float, message: str = "") -> None:
+        permille = int(1000 * done / total) if total else -1
+        key = (permille, message)
+        if key == self._last_key:
+            return
+        self._last_key = key
+        self._relay.progress.emit(float(done), float(total), message)
+
+    # ---- slots, in the GUI thread
+    @Slot(float, float, str)
+    def _on_progress(self, done: float, total: float, message: str) -> None:
+        if self._cancel.is_set() or not self.is_active():
+            return  # late progress from a cancelled job never reaches the page
+        if self.state is JobState.QUEUED:
+            self.state = JobState.RUNNING
+        self.done, self.total, self.message = done, total, message
+        self._meter.add(done)
+        self.sig_progress.emit(done, total, message)
+        self.sig_state_changed.emit()
+
+    @Slot(str, object)
+    def _on_done(self, outcome: str, payload: object) -> None:
+        if outcome == "result" and not self._cancel.is_set():
+            self.state = JobState.DONE
+            self.sig_result.emit(payload)
+        elif outcome == "error" and not self._cancel.is_set():
+            self.state = JobState.FAILED
+            assert isinstance(payload, JobError)
+            self.error = payload
+            self.sig_error.emit(payload)
+        else:
+            self.state = JobState.CANCELLED
+            self.sig_cancelled.emit()
+        self.sig_state_changed.emit()
+        self.sig_finished.emit()
+
+
+class _Runnable(QRunnable):
+    def __init__(self, job: Job) -> None:
+        super().__init__()
+        self.job = job
+        self.setAutoDelete(True)
+
+    def run(self) -> None:
+        self.job._run()
+
+
+class JobManager(QObject):
+    """Runs jobs on its own thread pool and keeps the list the status area shows."""
+
+    sig_jobs_changed = Signal()
+    """A job was added, changed state or progressed."""
+
+    def __init__(self, parent: QObject | None = None, max_threads: int = 4) -> None:
+        super().__init__(parent)
+        self._pool = QThreadPool(self)
+        self._pool.setMaxThreadCount(max_threads)
+        self._jobs: list[Job] = []
+
+    def start(self, job: Job) -> Job:
+        job.setParent(self)
+        self._jobs.append(job)
+        job.sig_state_changed.connect(self.sig_jobs_changed)
+        job.sig_finished.connect(lambda: self._forget_later(job))
+        job.state = JobState.RUNNING
+        self._pool.start(_Runnable(job))
+        self.sig_jobs_changed.emit()
+        return job
+
+    def run(self, title: str, fn: JobFn) -> Job:
+        return self.start(Job(title, fn))
+
+    def jobs(self) -> list[Job]:
+        return list(self._jobs)
+
+    def active_jobs(self) -> list[Job]:
+        return [j for j in self._jobs if j.is_active()]
+
+    def _forget_later(self, job: Job) -> None:
+        # Finished jobs stay listed (so the user sees "done" or the error) until the next one finishes.
+        self._jobs = [j for j in self._jobs if j.is_active() or j is job]
+        self.sig_jobs_changed.emit()
+
+    def stop_all(self, timeout_s: float = 5.0) -> bool:
+        """Cancel every job, wait for the workers, then stop any child process still alive. True if all stopped."""
+        for job in self._jobs:
+            job.cancel()
+        deadline = time.monotonic() + timeout_s
+        stopped = all(job.wait(max(0.0, deadline - time.monotonic())) for job in self._jobs)
+        process.terminate_all(grace_s=1.0)
+        self._pool.waitForDone(int(max(0.0, deadline - time.monotonic()) * 1000))
+        return stopped

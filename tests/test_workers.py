@@ -1,0 +1,111 @@
+"""The Qt side of the job mechanism: signals in order, cancel, structured errors, crashes, shutdown."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from pytestqt.qtbot import QtBot
+
+from desktop.jobs import JobError
+from desktop.process import live_children, run_in_child
+from desktop.workers import Job, JobManager, JobState
+
+
+def test_progress_arrives_in_order_then_the_result(qtbot: QtBot) -> None:
+    manager = JobManager()
+    seen: list[tuple[float, str]] = []
+
+    def work(progress, cancelled):  # type: ignore[no-untyped-def]
+        for i in range(1, 51):
+            progress(i, 50, f"step {i}")
+        return "answer"
+
+    job = Job("count", work)
+    job.sig_progress.connect(lambda d, t, m: seen.append((d, m)))
+    results: list[object] = []
+    job.sig_result.connect(results.append)
+    with qtbot.waitSignal(job.sig_finished, timeout=10_000):
+        manager.start(job)
+    assert results == ["answer"]
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert seen[-1] == (50.0, "step 50")
+    assert job.state is JobState.DONE
+
+
+def test_cancel_stops_the_job_and_no_late_result_arrives(qtbot: QtBot) -> None:
+    manager = JobManager()
+    started = threading.Event()
+
+    def work(progress, cancelled):  # type: ignore[no-untyped-def]
+        started.set()
+        progress(1, 10, "working")
+        while not cancelled():
+            threading.Event().wait(0.005)
+        return "too late"
+
+    job = Job("long", work)
+    results: list[object] = []
+    job.sig_result.connect(results.append)
+    manager.start(job)
+    assert started.wait(10)
+    with qtbot.waitSignals([job.sig_cancelled, job.sig_finished], timeout=10_000):
+        job.cancel()
+    assert results == [] and job.state is JobState.CANCELLED
+
+
+def test_an_exception_becomes_a_structured_error(qtbot: QtBot) -> None:
+    manager = JobManager()
+
+    def work(progress, cancelled):  # type: ignore[no-untyped-def]
+        raise ValueError("bad shape")
+
+    job = Job("broken", work)
+    errors: list[JobError] = []
+    job.sig_error.connect(errors.append)
+    with qtbot.waitSignal(job.sig_finished, timeout=10_000):
+        manager.start(job)
+    (error,) = errors
+    assert error.kind == "internal" and "ValueError: bad shape" in error.message
+    assert "Traceback" in error.detail and job.state is JobState.FAILED
+
+
+def test_a_crashing_child_is_reported_and_the_window_stays(qtbot: QtBot) -> None:
+    from PySide6.QtWidgets import QLabel
+
+    window = QLabel("still here")
+    qtbot.addWidget(window)
+    window.show()
+    manager = JobManager()
+    job = Job("crash", lambda progress, cancelled: run_in_child("child_jobs:segfault", progress=progress))
+    errors: list[JobError] = []
+    job.sig_error.connect(errors.append)
+    with qtbot.waitSignal(job.sig_finished, timeout=30_000):
+        manager.start(job)
+    assert errors[0].kind == "crash" and "SIGSEGV" in errors[0].message
+    assert window.isVisible() and window.text() == "still here"
+
+
+def test_stop_all_cancels_threads_and_kills_children(qtbot: QtBot, tmp_path: Path) -> None:
+    manager = JobManager()
+    started = tmp_path / "started"
+    out = tmp_path / "model.gguf"
+    job = Job(
+        "stubborn child",
+        lambda progress, cancelled: run_in_child(
+            "child_jobs:ignore_cancel",
+            {"out": str(out), "started": str(started)},
+            cancelled=cancelled,
+            cleanup=[tmp_path / "model.gguf.partial"],
+            grace_s=0.5,
+        ),
+    )
+    manager.start(job)
+    qtbot.waitUntil(started.exists, timeout=30_000)
+    pids = [c.pid for c in live_children()]
+    assert pids
+    with qtbot.waitSignal(job.sig_finished, timeout=15_000):
+        assert manager.stop_all(timeout_s=10)
+    assert live_children() == []
+    assert job.state is JobState.CANCELLED
+    assert not (tmp_path / "model.gguf.partial").exists()
