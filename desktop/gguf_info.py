@@ -1,12 +1,15 @@
 """What a GGUF file says about itself: name, architecture, size, quant type, context length, layers.
 
-Read with gguf-py's memory-mapped reader, so it costs the header, not the weights. Split models
+Read with a small header parser of our own over a memory map: it skips the token lists instead of decoding
+them (gguf-py's GGUFReader decodes every one, which takes seconds on a 262k-token vocabulary). Split models
 (``name-00001-of-00003.gguf``) are read shard by shard and summed.
 """
 
 from __future__ import annotations
 
+import mmap
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,7 @@ class GGUFInfo:
     context_length: int
     size_bytes: int
     block_count: int
-    metadata: dict[str, Any] = field(default_factory=dict)  # scalar and string keys; arrays are left out
+    metadata: dict[str, Any] = field(default_factory=dict)  # arrays longer than 64 items are None
     tensors: list[TensorInfo] = field(default_factory=list)
     shards: list[Path] = field(default_factory=list)
 
@@ -85,17 +88,94 @@ def shard_paths(path: Path) -> list[Path]:
     return [path.with_name(f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
 
 
-def _field_value(field_: Any) -> Any:
-    try:
-        return field_.contents()
-    except Exception:  # noqa: BLE001 - an odd field should not make the whole file unreadable
-        return None
+# GGUF value types (the file format's own numbering) -> struct format of one scalar.
+_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+_KEEP_ARRAYS_UP_TO = 64  # small arrays (per-layer head counts, ...) are kept; token lists are skipped
+
+
+class _Cursor:
+    """Reads a GGUF header from a memory map without touching the tensor data or decoding large arrays."""
+
+    def __init__(self, buf: mmap.mmap, name: str) -> None:
+        self.buf, self.pos, self.name = buf, 0, name
+
+    def scalar(self, fmt: str) -> Any:
+        value = struct.unpack_from(fmt, self.buf, self.pos)[0]
+        self.pos += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> str:
+        n = self.scalar("<Q")
+        if self.pos + n > len(self.buf):
+            raise ValueError("a string runs past the end of the file")
+        raw = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return raw.decode("utf-8", "replace")
+
+    def value(self, vtype: int) -> Any:
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY:
+            item_type, count = self.scalar("<I"), self.scalar("<Q")
+            if count <= _KEEP_ARRAYS_UP_TO:
+                return [self.value(item_type) for _ in range(count)]
+            self.skip_array(item_type, count)
+            return None
+        if vtype not in _SCALAR:
+            raise ValueError(f"unknown metadata value type {vtype}")
+        return self.scalar(_SCALAR[vtype])
+
+    def skip_array(self, item_type: int, count: int) -> None:
+        if item_type == _STRING:
+            unpack, buf, pos = struct.Struct("<Q").unpack_from, self.buf, self.pos
+            for _ in range(count):
+                pos += 8 + unpack(buf, pos)[0]
+            self.pos = pos
+        elif item_type in _SCALAR:
+            self.pos += struct.calcsize(_SCALAR[item_type]) * count
+        else:
+            for _ in range(count):
+                self.value(item_type)
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], list[TensorInfo]]:
+    import gguf
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        cur = _Cursor(buf, path.name)
+        if buf[:4] != b"GGUF":
+            raise ValueError("it does not start with the GGUF signature")
+        version = struct.unpack_from("<I", buf, 4)[0]
+        if version not in (2, 3):
+            raise ValueError(f"GGUF version {version} is not supported")
+        cur.pos = 8
+        n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
+        metadata: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = cur.string()
+            metadata[key] = cur.value(cur.scalar("<I"))
+        tensors = []
+        for _ in range(n_tensors):
+            name = cur.string()
+            n_dims = cur.scalar("<I")
+            shape = tuple(cur.scalar("<Q") for _ in range(n_dims))
+            type_id = cur.scalar("<I")
+            cur.scalar("<Q")  # data offset
+            ggml_type = gguf.GGMLQuantizationType(type_id)
+            block, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
+            n_elements = 1
+            for dim in shape:
+                n_elements *= dim
+            tensors.append(TensorInfo(name, ggml_type.name, shape, n_elements, n_elements // block * type_size))
+    return metadata, tensors
 
 
 def read_gguf(path: Path | str) -> GGUFInfo:
-    """Read a GGUF's metadata and tensor table. Raises UserError for a file that is not a readable GGUF."""
-    import gguf
+    """Read a GGUF's metadata and tensor table (not its weights; token lists are skipped, not decoded).
 
+    Raises UserError for a file that is not a readable GGUF.
+    """
     path = Path(path)
     shards = shard_paths(path)
     missing = [p.name for p in shards if not p.exists()]
@@ -108,31 +188,15 @@ def read_gguf(path: Path | str) -> GGUFInfo:
     tensors: list[TensorInfo] = []
     for shard in shards:
         try:
-            reader = gguf.GGUFReader(shard, "r")
-        except (ValueError, OSError, IndexError, KeyError) as exc:
+            shard_metadata, shard_tensors = _read_header(shard)
+        except (ValueError, OSError, struct.error, KeyError, IndexError) as exc:
             raise UserError(
                 f"{shard.name} is not a readable GGUF file ({exc}).",
                 "Check that the download finished, or pick another file.",
             ) from exc
         if not metadata:
-            for key, fld in reader.fields.items():
-                if key.startswith("GGUF.") or (len(fld.types) > 0 and fld.types[0] == gguf.GGUFValueType.ARRAY):
-                    continue
-                metadata[key] = _field_value(fld)
-            template_fld = reader.fields.get("tokenizer.chat_template")
-            if template_fld is not None:
-                metadata["tokenizer.chat_template"] = _field_value(template_fld)
-        for t in reader.tensors:
-            tensors.append(
-                TensorInfo(
-                    name=t.name,
-                    ggml_type=t.tensor_type.name,
-                    shape=tuple(int(x) for x in t.shape.tolist()),
-                    n_elements=int(t.n_elements),
-                    n_bytes=int(t.n_bytes),
-                )
-            )
-        del reader
+            metadata = shard_metadata
+        tensors += shard_tensors
     arch = str(metadata.get("general.architecture") or "unknown")
     name = metadata.get("general.name") or _name_from_path(path)
     return GGUFInfo(

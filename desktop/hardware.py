@@ -216,7 +216,7 @@ def nvml_unavailable_reason(nvml: ModuleType, exc: Exception) -> str:
         if isinstance(cls, type)
     )
     if normal and isinstance(exc, normal):
-        return "No NVIDIA driver found, so no NVIDIA GPU is listed; models run on the CPU (and any other GPU below)."
+        return "No NVIDIA driver found, so NVIDIA GPUs cannot be used here."
     return f"The NVIDIA driver did not answer ({exc}); NVIDIA GPUs are not listed."
 
 

@@ -109,3 +109,27 @@ def test_remove_can_keep_or_delete_the_file(tmp_path: Path) -> None:
     library.remove(deleted.id, delete_file=True)
     assert library.models() == []
     assert source.exists() and not copy.exists()
+
+
+def test_header_reader_agrees_with_gguf_py_on_every_tensor() -> None:
+    import gguf
+
+    path = ensure_demo_model()
+    reference = gguf.GGUFReader(path)
+    ours = read_gguf(path)
+    assert [(t.name, t.ggml_type, t.shape, t.n_bytes) for t in ours.tensors] == [
+        (t.name, t.tensor_type.name, tuple(int(x) for x in t.shape), int(t.n_bytes)) for t in reference.tensors
+    ]
+    for key in ("general.architecture", "gemma3.block_count", "gemma3.attention.sliding_window", "general.file_type"):
+        assert ours.metadata[key] == reference.fields[key].contents()
+    assert ours.metadata["tokenizer.ggml.tokens"] is None  # a 262k-entry list: skipped, not decoded
+
+
+def test_a_truncated_gguf_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    with open(ensure_demo_model(), "rb") as f:
+        cut.write_bytes(f.read(200_000))
+    with pytest.raises(UserError) as info:
+        read_gguf(cut)
+    assert info.value.message.startswith("cut.gguf is not a readable GGUF file")
+    assert "\n" not in info.value.message

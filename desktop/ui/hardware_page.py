@@ -89,8 +89,8 @@ class HardwarePage(QWidget):
         self.llama_card.body.addWidget(self.llama_grid)
 
         self.graph_card = Card("Live usage (last minute)")
-        self.plot = pg.PlotWidget()
-        self.plot.setMinimumHeight(150)
+        self.plot = pg.PlotWidget(background=self.palette().base().color())
+        self.plot.setFixedHeight(170)
         self.plot.setYRange(0, 100)
         self.plot.setXRange(-HISTORY_S + 1, 0)
         self.plot.setMouseEnabled(False, False)
@@ -186,7 +186,9 @@ class HardwarePage(QWidget):
             self.gpu_box.addWidget(bar)
             self.gpu_bars[gpu.index] = bar
         if not report.gpus:
-            self.gpu_box.addWidget(note_label("No GPU found. Models run on the CPU, which works well for small ones."))
+            label = QLabel("No GPU found, so models run on the CPU, which works well for small ones.")
+            label.setWordWrap(True)
+            self.gpu_box.addWidget(label)
         nvidia_notes = [n for n in report.notes if "NVIDIA" in n]
         for note in nvidia_notes:
             self.gpu_box.addWidget(note_label(note))

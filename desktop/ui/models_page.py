@@ -28,7 +28,7 @@ from desktop.library import Library, ModelEntry
 from desktop.ui.widgets import Card, KeyValueGrid, note_label
 from desktop.workers import Job, JobManager
 
-COLUMNS = ["Name", "Architecture", "Parameters", "Type", "Context", "Size", "Source"]
+COLUMNS = ["Name", "Architecture", "Parameters", "Type", "Context", "Size"]
 
 
 def _load_library(progress, cancelled) -> list[ModelEntry]:  # type: ignore[no-untyped-def]
@@ -123,7 +123,6 @@ class ModelsPage(QWidget):
                 entry.quant_type,
                 f"{entry.context_length:,}" if entry.context_length else "–",
                 format_bytes(entry.size_bytes),
-                entry.source,
             ]
             for col, value in enumerate(values):
                 item = _SortItem(value, sort_key=_sort_key(entry, col))
@@ -134,7 +133,9 @@ class ModelsPage(QWidget):
         self.table.setSortingEnabled(True)
         count = len(entries)
         self.status.setText(
-            f"{count} model{'s' if count != 1 else ''} on this computer." if count else "No models yet."
+            f"{count} model{'s' if count != 1 else ''} on this computer."
+            if count
+            else "No models yet: add GGUF files with “Add GGUF…” or drop them on this page."
         )
         if selected is not None:
             self.select_path(selected.path)
@@ -275,5 +276,4 @@ def _sort_key(entry: ModelEntry, column: int) -> object:
         entry.quant_type,
         entry.context_length,
         entry.size_bytes,
-        entry.source,
     ][column]

@@ -22,6 +22,7 @@ class Card(QFrame):
         self.body = QVBoxLayout()
         self.body.setSpacing(6)
         outer.addLayout(self.body)
+        outer.addStretch(1)  # keep the content at the top when a grid row makes the card taller
 
 
 class KeyValueGrid(QWidget):
