@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["mockhub"]  # the mock Hugging Face server and the in-memory keyring fixtures
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
@@ -21,3 +23,9 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf" / "hub"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))  # QSettings on Linux
     return home
+
+
+@pytest.fixture(autouse=True)
+def no_real_keyring(memory_keyring: object) -> object:
+    """No test may read or write the user's real keyring: every test gets an in-memory one."""
+    return memory_keyring

@@ -1,0 +1,233 @@
+"""Inspecting repos on the mock Hub: classification, sizes, fit, errors, search, offline, and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mockhub import (  # noqa: F401 - fixtures
+    MockHub,
+    checkpoint_files,
+    gguf_files,
+    llama_config,
+    memory_keyring,
+    mock_hub,
+    safetensors_bytes,
+)
+
+from desktop.errors import UserError
+from desktop.fit import MachineMemory
+from desktop.hub import RepoReport, fit_rows, inspect_repo
+from desktop.hub_search import cached_repos, search_models
+
+pytestmark = pytest.mark.usefixtures("memory_keyring")
+
+GB = 1024**3
+
+
+def inspect(repo: str, **kwargs: object) -> RepoReport:
+    messages: list[str] = []
+    report = inspect_repo(progress=lambda d, t, m: messages.append(m), cancelled=lambda: False, repo=repo,
+                          **kwargs)  # type: ignore[arg-type]
+    assert messages and all(isinstance(m, str) for m in messages)
+    return report
+
+
+def expect_error(kind: str, repo: str, **kwargs: object) -> UserError:
+    with pytest.raises(UserError) as info:
+        inspect(repo, **kwargs)
+    error = info.value
+    assert error.kind == kind, error
+    assert error.message.endswith(".") and error.next_step, error
+    assert "\n" not in error.message + error.next_step
+    return error
+
+
+def test_checkpoint_architecture_parameters_and_predicted_sizes(mock_hub: MockHub) -> None:  # noqa: F811
+    n_layers, hidden, inter, vocab = 4, 256, 512, 1024
+    mock_hub.add_repo("org/tiny-llama", checkpoint_files(n_layers, hidden, 8, 2, inter, vocab))
+    report = inspect("org/tiny-llama")
+    assert report.kind == "checkpoint" and report.reason == ""
+    assert (report.architecture, report.gguf_arch, report.dtype) == ("LlamaForCausalLM", "llama", "BF16")
+    per_layer = 2 * hidden + hidden * hidden * 2 + 2 * (64 * hidden) + 3 * hidden * inter
+    assert report.parameter_count == n_layers * per_layer + 2 * vocab * hidden + hidden
+    assert report.attention is not None and report.attention.n_layers == n_layers
+    # What `pull` fetches: conversion's files, not README, .gitattributes or the pickle in original/.
+    assert report.download_files == sorted([
+        "config.json", "generation_config.json", "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors", "model.safetensors.index.json", "special_tokens_map.json",
+        "tokenizer.json", "tokenizer_config.json",
+    ])
+    sizes = {p.name: p.size_bytes for p in report.predictions}
+    assert sizes["Q8_0"] > sizes["Q4_K_M"] > sizes["Q2_K"]
+    assert sizes["F16"] > sizes["Q8_0"]
+    params = report.parameter_count
+    for name, bpw in (("Q8_0", 8.5), ("Q4_K_M", 4.5), ("Q2_K", 2.6)):
+        # Within a sane band of params * bpw / 8: llama.cpp keeps norms in F32 and some tensors higher.
+        assert params * bpw / 8 * 0.9 < sizes[name] < params * 16 / 8 * 1.1, name
+    # Only headers were read: the mock saw Range requests for the weights, never a full GET.
+    weight_gets = [r for r in mock_hub.requests if r.filename.endswith(".safetensors") and r.method == "GET"]
+    assert weight_gets and all(r.range and r.range.startswith("bytes=") for r in weight_gets)
+    # The small JSON files it read are in the cache, but that does not make the model "downloaded".
+    assert cached_repos() == [] and [r.repo_id for r in cached_repos(include_partial=True)] == ["org/tiny-llama"]
+
+
+def test_fit_rows_for_a_checkpoint_follow_the_machine(mock_hub: MockHub) -> None:  # noqa: F811
+    mock_hub.add_repo("org/tiny-llama", checkpoint_files())
+    report = inspect("org/tiny-llama")
+    big_gpu = fit_rows(report, 2048, MachineMemory(64 * GB, (24 * GB,)))
+    assert {r.fit.where for r in big_gpu} == {"GPU"}
+    assert all(r.predicted and r.kv_bytes > 0 for r in big_gpu)
+    no_memory = fit_rows(report, 2048, MachineMemory(0, ()))
+    assert {r.fit.where for r in no_memory} == {"neither"}
+    longer = fit_rows(report, 8192, MachineMemory(64 * GB, ()))
+    assert longer[0].kv_bytes == 4 * big_gpu[0].kv_bytes
+
+
+def test_gguf_repo_models_quants_and_hparams(mock_hub: MockHub, tmp_path: Path) -> None:  # noqa: F811
+    files = {**gguf_files(tmp_path, "tiny-Q4_K_M", "Q4_K_M", shards=2),
+             **gguf_files(tmp_path, "tiny-Q8_0", "Q8_0", pad_bytes=64 * 1024),
+             **{"mmproj-tiny-F16.gguf": b"GGUF" + bytes(2000), "README.md": "# tiny"}}
+    unnamed = gguf_files(tmp_path, "tiny", "Q5_K_M")  # no quant type in its name: read from the header
+    files["weights/tiny.gguf"] = unnamed["tiny.gguf"]
+    mock_hub.add_repo("org/tiny-GGUF", files, tags=["gguf"])
+    report = inspect("https://huggingface.co/org/tiny-GGUF")
+    assert report.kind == "gguf"
+    by_quant = {m.quant: m for m in report.gguf_models}
+    assert set(by_quant) == {"Q4_K_M", "Q8_0", "Q5_K_M"}
+    sharded = by_quant["Q4_K_M"]
+    assert sharded.files == ["tiny-Q4_K_M-00001-of-00002.gguf", "tiny-Q4_K_M-00002-of-00002.gguf"]
+    assert sharded.size_bytes == sum(p.stat().st_size for n, p in files.items() if "Q4_K_M" in n)
+    assert report.extras == ["mmproj-tiny-F16.gguf"]
+    assert report.architecture == "llama"
+    assert report.attention is not None
+    assert (report.attention.n_layers, report.attention.n_head_kv, report.attention.n_vocab) == (4, 2, 512)
+    assert report.parameter_count == 4 * 256 * 256 + 512 * 256 + 256
+    rows = fit_rows(report, 4096, MachineMemory(64 * GB, ()))
+    assert {r.quant for r in rows} == {"Q4_K_M", "Q8_0", "Q5_K_M"}
+    assert all(not r.predicted and r.fit.where == "RAM" for r in rows)
+    assert next(r for r in rows if r.quant == "Q4_K_M").files == tuple(sharded.files)
+
+
+@pytest.mark.parametrize(
+    ("files", "words"),
+    [
+        ({"pytorch_model.bin": b"\x80\x02" * 600, "config.json": "{}"}, "pickle"),
+        ({"model.safetensors": safetensors_bytes({"w": ("F16", (4, 4))})}, "config.json"),
+        ({"config.json": json.dumps(llama_config(2, 64, 4, 4, 128, 256, quantization_config={"quant_method": "gptq"})),
+          "model.safetensors": safetensors_bytes({"w": ("I32", (4, 4))})}, "GPTQ"),
+        ({"config.json": json.dumps(llama_config(2, 64, 4, 4, 128, 256, quantization_config={"quant_method": "awq"})),
+          "model.safetensors": safetensors_bytes({"w": ("I32", (4, 4))})}, "AWQ"),
+        ({"config.json": json.dumps(llama_config(2, 64, 4, 4, 128, 256)),
+          "model.safetensors": safetensors_bytes({"model.embed_tokens.weight": ("F8_E4M3", (256, 64))})}, "FP8"),
+        ({"config.json": json.dumps({"architectures": ["MambaForCausalLM"], "num_hidden_layers": 2}),
+          "model.safetensors": safetensors_bytes({"w": ("BF16", (4, 4))})}, "MambaForCausalLM"),
+        ({"README.md": "nothing here"}, "no model weights"),
+    ],
+)
+def test_unsupported_repos_say_why(mock_hub: MockHub, files: dict, words: str) -> None:  # noqa: F811
+    mock_hub.add_repo("org/odd", files)
+    report = inspect("org/odd")
+    assert report.kind == "unsupported"
+    assert words in report.reason and report.reason.endswith(".") and report.next_step
+    assert fit_rows(report, 4096, MachineMemory(64 * GB)) == []
+
+
+def test_unknown_repo_revision_and_server_errors(mock_hub: MockHub) -> None:  # noqa: F811
+    mock_hub.add_repo("org/tiny-llama", checkpoint_files())
+    assert "org/missing" in expect_error("not_found", "org/missing").message
+    error = expect_error("revision_not_found", "org/tiny-llama", revision="v9")
+    assert "v9" in error.message
+    mock_hub.fail(503, "org/tiny-llama", route="info")
+    assert "503" in expect_error("server_error", "org/tiny-llama").message
+    mock_hub.add_repo("org/secret", checkpoint_files(), private=True)
+    expect_error("auth_required", "org/secret")
+
+
+def test_gated_repo_wants_a_token_then_works(mock_hub: MockHub) -> None:  # noqa: F811
+    from desktop import tokens
+
+    mock_hub.add_repo("org/gated", checkpoint_files(), gated=True, granted={"hf_granted_token_1"})
+    mock_hub.add_token("hf_granted_token_1")
+    mock_hub.add_token("hf_other_token_22")
+    assert "gated" in expect_error("auth_required", "org/gated").message
+    expect_error("access_denied", "org/gated", token="hf_other_token_22")
+    expect_error("bad_token", "org/gated", token="hf_unknown_token_3")
+    tokens.save_token("hf_granted_token_1")
+    assert inspect("org/gated").kind == "checkpoint"
+
+
+def test_timeout_is_a_sentence(mock_hub: MockHub) -> None:  # noqa: F811
+    mock_hub.add_repo("org/tiny-llama", checkpoint_files())
+    mock_hub.hang("info")
+    try:
+        error = expect_error("timeout", "org/tiny-llama", timeout=0.3)
+    finally:
+        mock_hub.release()
+    assert mock_hub.hung.is_set()
+    assert "did not answer" in error.message
+
+
+def test_offline_inspect_uses_the_cache(mock_hub: MockHub, tmp_path: Path) -> None:  # noqa: F811
+    from desktop.hub_download import download
+
+    mock_hub.add_repo("org/tiny-GGUF", gguf_files(tmp_path, "tiny-Q4_K_M", "Q4_K_M", shards=2), tags=["gguf"])
+    download(progress=lambda *a: None, cancelled=lambda: False, repo="org/tiny-GGUF")
+    mock_hub.stop()  # the network is gone: connections are refused
+    report = inspect("org/tiny-GGUF")
+    assert report.kind == "gguf" and report.from_cache
+    assert report.gguf_models[0].quant == "Q4_K_M" and report.attention is not None
+    with pytest.raises(UserError) as info:
+        inspect("org/never-downloaded")
+    assert info.value.kind == "offline"
+    result = search_models("tiny")
+    assert result.offline and result.hits == [] and "Offline" in result.message
+
+
+def test_search_with_filters(mock_hub: MockHub) -> None:  # noqa: F811
+    mock_hub.add_repo("org/Tiny-GGUF", {"a.gguf": b"x"}, tags=["gguf"], downloads=50)
+    mock_hub.add_repo("org/tiny", {"config.json": "{}"}, tags=["transformers"], downloads=500)
+    mock_hub.add_repo("org/tiny-embed", {"config.json": "{}"}, pipeline_tag="feature-extraction", downloads=5)
+    mock_hub.add_repo("org/hidden-tiny", {"config.json": "{}"}, private=True)
+    everything = search_models("TINY")
+    assert [h.repo_id for h in everything.hits] == ["org/tiny", "org/Tiny-GGUF", "org/tiny-embed"]
+    assert not everything.offline
+    assert [h.repo_id for h in search_models("tiny", gguf=True).hits] == ["org/Tiny-GGUF"]
+    assert search_models("tiny", gguf=True).hits[0].is_gguf
+    assert "org/tiny-embed" not in [h.repo_id for h in search_models("tiny", text_generation=True).hits]
+
+
+def test_offline_setting_needs_no_server(mock_hub: MockHub, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert search_models("tiny").offline
+    expect_error("offline", "org/tiny-llama")
+    assert mock_hub.requests == []
+
+
+def test_cli_inspect_json(mock_hub: MockHub, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    from desktop.cli import main
+
+    mock_hub.add_repo("org/tiny-llama", checkpoint_files())
+    assert main(["inspect", "org/tiny-llama", "--context", "2048", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["report"]["kind"] == "checkpoint" and data["context"] == 2048
+    assert data["memory"]["ram_available"] > 0
+    rows = {row["quant"]: row for row in data["fit"]}
+    assert rows["Q4_K_M"]["verdict"] in ("GPU", "RAM", "neither")
+    assert rows["Q8_0"]["size_bytes"] > rows["Q4_K_M"]["size_bytes"]
+    assert main(["inspect", "org/tiny-llama"]) == 0
+    text = capsys.readouterr().out
+    assert "Q4_K_M" in text and "LlamaForCausalLM" in text
+    assert main(["inspect", "a/b/c"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("quantdesk: 'a/b/c' is not a Hugging Face model id") and "Traceback" not in err
+
+
+def test_inspect_agrees_with_the_converter_on_architectures() -> None:
+    from desktop.convert.checkpoint import SUPPORTED
+    from desktop.hub_inspect import _FALLBACK_ARCHITECTURES, convertible_architectures
+
+    mapping, sentence = convertible_architectures()
+    assert set(mapping) == set(SUPPORTED) == set(_FALLBACK_ARCHITECTURES)
+    assert mapping == _FALLBACK_ARCHITECTURES and "Qwen3" in sentence

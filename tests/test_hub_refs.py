@@ -1,0 +1,116 @@
+"""Repo ids and URLs, bad input refused before any request, GGUF names, and the token's keyring storage."""
+
+from __future__ import annotations
+
+import pytest
+from mockhub import MockHub, memory_keyring, mock_hub  # noqa: F401 - fixtures
+
+from desktop import tokens
+from desktop.errors import UserError
+from desktop.hub import parse_repo_ref
+from desktop.hub_gguf import group_gguf_files, quant_from_name
+
+pytestmark = pytest.mark.usefixtures("memory_keyring")
+
+
+@pytest.mark.parametrize(
+    ("text", "repo_id", "revision", "filename"),
+    [
+        ("Qwen/Qwen3-0.6B", "Qwen/Qwen3-0.6B", None, None),
+        ("  gpt2 ", "gpt2", None, None),
+        ("https://huggingface.co/Qwen/Qwen3-0.6B", "Qwen/Qwen3-0.6B", None, None),
+        ("https://huggingface.co/Qwen/Qwen3-0.6B/tree/v1.0", "Qwen/Qwen3-0.6B", "v1.0", None),
+        ("huggingface.co/org/m-GGUF/blob/main/m.Q4_K_M.gguf", "org/m-GGUF", "main", "m.Q4_K_M.gguf"),
+        ("https://hf.co/org/m/resolve/abc/sub/dir/f.json", "org/m", "abc", "sub/dir/f.json"),
+    ],
+)
+def test_repo_ids_and_urls(text: str, repo_id: str, revision: str | None, filename: str | None) -> None:
+    ref = parse_repo_ref(text)
+    assert (ref.repo_id, ref.revision, ref.filename) == (repo_id, revision, filename)
+
+
+def test_explicit_revision_wins_over_url() -> None:
+    assert parse_repo_ref("https://huggingface.co/a/b/tree/dev", "v2").revision == "v2"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "   ", "a/b/c", "../x", "./models/x", "/home/me/model", "~/model", "C:\\models\\x", "a//b", "a/b/",
+     "org/na me", "org/-bad", "org/bad-", "org/a--b", "org/a..b", "https://example.com/org/model",
+     "https://huggingface.co/datasets/org/data", "x" * 200],
+)
+def test_bad_input_is_refused_before_any_request(mock_hub: MockHub, text: str) -> None:  # noqa: F811
+    from desktop.hub import inspect_repo
+    from desktop.hub_download import download
+
+    for job in (inspect_repo, download):
+        with pytest.raises(UserError) as info:
+            job(progress=lambda *a: None, cancelled=lambda: False, repo=text)
+        assert info.value.kind == "invalid_repo"
+        assert info.value.next_step
+        assert "\n" not in str(info.value)
+    assert mock_hub.requests == []
+
+
+@pytest.mark.parametrize("revision", ["../main", "a b", "/abs"])
+def test_bad_revision_is_refused(mock_hub: MockHub, revision: str) -> None:  # noqa: F811
+    from desktop.hub import inspect_repo
+
+    with pytest.raises(UserError) as info:
+        inspect_repo(progress=lambda *a: None, cancelled=lambda: False, repo="org/model", revision=revision)
+    assert info.value.kind == "invalid_revision"
+    assert mock_hub.requests == []
+
+
+def test_quant_type_from_file_names() -> None:
+    assert quant_from_name("Qwen3-0.6B-Q4_K_M.gguf") == "Q4_K_M"
+    assert quant_from_name("llama.q8_0.gguf") == "Q8_0"
+    assert quant_from_name("sub/model-IQ4_XS-00001-of-00002.gguf") == "IQ4_XS"
+    assert quant_from_name("model-UD-Q4_K_XL.gguf") == "Q4_K_XL"
+    assert quant_from_name("model-bf16.gguf") == "BF16"
+    assert quant_from_name("model.gguf") == ""
+
+
+def test_shards_group_into_one_model() -> None:
+    files = [
+        ("m-Q4_K_M-00002-of-00002.gguf", 50), ("m-Q4_K_M-00001-of-00002.gguf", 100), ("m-Q8_0.gguf", 300),
+        ("mmproj-m-F16.gguf", 20), ("README.md", 1), ("Q2/m-Q2_K-00001-of-00003.gguf", 10),
+    ]
+    models, extras = group_gguf_files(files)
+    assert [(m.name, m.quant, m.size_bytes, m.complete) for m in models] == [
+        ("m-Q8_0", "Q8_0", 300, True),
+        ("m-Q4_K_M", "Q4_K_M", 150, True),
+        ("Q2/m-Q2_K", "Q2_K", 10, False),
+    ]
+    assert models[1].files == ["m-Q4_K_M-00001-of-00002.gguf", "m-Q4_K_M-00002-of-00002.gguf"]
+    assert extras == ["mmproj-m-F16.gguf"]
+
+
+def test_token_kept_in_keyring_per_endpoint(memory_keyring, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    assert tokens.get_token() is None
+    tokens.save_token("  hf_abcdefghijklmnop \n")
+    assert tokens.get_token() == "hf_abcdefghijklmnop"
+    assert tokens.get_token("https://huggingface.co") is None  # never sent to another endpoint
+    assert list(memory_keyring.store.values()) == ["hf_abcdefghijklmnop"]
+    tokens.delete_token()
+    tokens.delete_token()  # forgetting twice is fine
+    assert tokens.get_token() is None
+    with pytest.raises(UserError) as info:
+        tokens.save_token("not a token")
+    assert info.value.kind == "invalid_token"
+
+
+def test_no_keyring_is_a_sentence_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    import keyring
+    from keyring.backends.fail import Keyring as FailKeyring
+
+    previous = keyring.get_keyring()
+    keyring.set_keyring(FailKeyring())
+    try:
+        assert tokens.get_token() is None
+        with pytest.raises(UserError) as info:
+            tokens.save_token("hf_abcdefghijklmnop")
+        assert info.value.kind == "no_keyring" and "HF_TOKEN" in info.value.next_step
+    finally:
+        keyring.set_keyring(previous)
