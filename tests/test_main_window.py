@@ -114,3 +114,23 @@ def test_closing_the_window_stops_every_job_and_child(qtbot: QtBot, tmp_path) ->
     window.close()
     assert job.wait(0)  # its worker thread has finished
     assert live_children() == []
+
+
+def test_theme_follows_the_system_colour_scheme(qtbot: QtBot) -> None:
+    """The offscreen platform cannot switch schemes itself, so the test sends the system's change signal."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QGuiApplication, QPalette
+    from PySide6.QtWidgets import QApplication
+
+    from desktop.ui.theme import follow_system
+
+    app = QApplication.instance()
+    hints = QGuiApplication.styleHints()
+    follow_system(app)
+    window = app.palette().color(QPalette.ColorRole.Window)
+    assert window.lightness() > 200  # this platform reports no scheme: light
+    hints.colorSchemeChanged.emit(Qt.ColorScheme.Dark)
+    assert app.palette().color(QPalette.ColorRole.Window).lightness() < 80
+    assert app.palette().color(QPalette.ColorRole.Text).lightness() > 200
+    hints.colorSchemeChanged.emit(Qt.ColorScheme.Light)
+    assert app.palette().color(QPalette.ColorRole.Window).lightness() > 200

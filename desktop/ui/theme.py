@@ -46,16 +46,16 @@ def _light_palette() -> QPalette:
     return p
 
 
-def is_dark() -> bool:
-    return QGuiApplication.styleHints().colorScheme() == Qt.ColorScheme.Dark
-
-
-def apply_theme(app: QApplication) -> None:
+def apply_theme(app: QApplication, scheme: Qt.ColorScheme | None = None) -> None:
+    """Style the app for ``scheme`` (the system's current one when None; Unknown counts as light)."""
+    if scheme is None:
+        scheme = QGuiApplication.styleHints().colorScheme()
     app.setStyle("Fusion")
-    app.setPalette(_dark_palette() if is_dark() else _light_palette())
+    app.setPalette(_dark_palette() if scheme == Qt.ColorScheme.Dark else _light_palette())
     app.setStyleSheet(resources.read_text("style.qss"))
 
 
 def follow_system(app: QApplication) -> None:
+    """Apply the theme now and again whenever the system switches between light and dark."""
     apply_theme(app)
-    QGuiApplication.styleHints().colorSchemeChanged.connect(lambda _scheme: apply_theme(app))
+    QGuiApplication.styleHints().colorSchemeChanged.connect(lambda scheme: apply_theme(app, scheme))
