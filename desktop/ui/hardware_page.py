@@ -91,7 +91,7 @@ class HardwarePage(QWidget):
         self.graph_card = Card("Live usage (last minute)")
         self.plot = pg.PlotWidget(background=self.palette().base().color())
         self.plot.setFixedHeight(170)
-        self.plot.setYRange(0, 100)
+        self.plot.setYRange(0, 100, padding=0.05)
         self.plot.setXRange(-HISTORY_S + 1, 0)
         self.plot.setMouseEnabled(False, False)
         self.plot.hideButtons()
