@@ -4,6 +4,7 @@ writes the real user's settings, library or downloads."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,10 @@ pytest_plugins = ["mockhub"]  # the mock Hugging Face server and the in-memory k
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+# Session-scoped fixtures run before the per-test home below: give them a throwaway home too, so nothing a test
+# starts can write into the real user's data folder.
+os.environ["QUANTDESK_HOME"] = tempfile.mkdtemp(prefix="quantdesk-session-")
+os.environ["HF_HOME"] = os.path.join(os.environ["QUANTDESK_HOME"], "hf")
 
 
 @pytest.fixture(autouse=True)

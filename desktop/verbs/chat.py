@@ -1,0 +1,90 @@
+"""``quantdesk chat MODEL.gguf --prompt TEXT [--json]``: one answer from the chat engine, with its metrics."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "chat",
+        help="answer one prompt with a GGUF model and print the reply and its speed",
+        description="Load MODEL in the chat engine (a child process), answer PROMPT once, and print the reply "
+        "with prompt and generation tokens/second and time to first token, as llama.cpp measured them.",
+    )
+    parser.add_argument("model", help="a .gguf file")
+    parser.add_argument("--prompt", required=True, help="the user's message")
+    parser.add_argument("--system", default="", help="a system prompt")
+    parser.add_argument("--ctx", type=int, default=2048, help="context length (default 2048)")
+    parser.add_argument("--gpu-layers", type=int, default=0, help="layers to offload to the GPU (default 0)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--top-k", type=int, default=40)
+    parser.add_argument("--min-p", type=float, default=0.05)
+    parser.add_argument("--repeat-penalty", type=float, default=1.1)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--template", default=None, help="a built-in chat template instead of the model's own")
+    parser.add_argument("--cpu-repack", action="store_true", help="use llama.cpp's CPU repacking (crashes some CPUs)")
+    parser.add_argument("--json", action="store_true", help="print the reply and metrics as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from desktop.engine import Engine, LoadOptions, Sampling
+    from desktop.settings import load_settings
+
+    options = LoadOptions(
+        path=args.model,
+        n_ctx=args.ctx,
+        n_gpu_layers=args.gpu_layers,
+        n_threads=args.threads,
+        cpu_repack=args.cpu_repack or load_settings().cpu_repack,
+        template=args.template,
+    )
+    sampling = Sampling(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+    )
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.prompt}
+    ]
+    engine = Engine()
+    try:
+        loaded = engine.load_and_wait(options)
+        stream = None if args.json else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+        try:
+            reply = engine.ask(messages, sampling, on_token=stream)
+        except KeyboardInterrupt:
+            engine.stop()
+            raise
+    finally:
+        engine.close()
+    metrics = reply.metrics
+    if args.json:
+        print(
+            json.dumps(
+                {"reply": reply.text, "metrics": dataclasses.asdict(metrics), "model": loaded.data.get("metadata", {})},
+                indent=2,
+            )
+        )
+    else:
+        ttft = f"{metrics.ttft_s:.2f} s" if metrics.ttft_s is not None else "n/a"
+        print()
+        print(
+            f"[prompt {metrics.prompt_tokens} tokens at {metrics.prompt_tokens_per_s:.1f} tok/s; "
+            f"generated {metrics.generated_tokens} tokens at {metrics.generation_tokens_per_s:.1f} tok/s; "
+            f"first token after {ttft}; {metrics.finish_reason}]",
+            file=sys.stderr,
+        )
+    return 0
