@@ -7,6 +7,7 @@ Models page. Each call opens its own connection, so any worker thread may use a 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -77,7 +78,7 @@ class Library:
         imatrix: str | None = None,
     ) -> ModelEntry:
         """Read a GGUF's header and add it (or refresh it, if the path is known). Raises UserError if unreadable."""
-        path = Path(path).resolve()
+        path = Path(os.path.abspath(path))  # not resolve(): the HF cache links names to blobs/<sha>, and shards need their names
         info = read_gguf(path)
         with self._connect() as db:
             db.execute(
@@ -118,7 +119,7 @@ class Library:
             row = db.execute(
                 "SELECT id, path, name, architecture, parameters, quant_type, context_length, size_bytes, source,"
                 " imatrix, added_at FROM models WHERE path = ?",
-                (str(Path(path).resolve()),),
+                (str(Path(os.path.abspath(path))),),
             ).fetchone()
         return _entry(row) if row else None
 

@@ -133,3 +133,17 @@ def test_a_truncated_gguf_is_refused_in_one_sentence(tmp_path: Path) -> None:
         read_gguf(cut)
     assert info.value.message.startswith("cut.gguf is not a readable GGUF file")
     assert "\n" not in info.value.message
+
+
+def test_a_symlinked_model_keeps_its_own_name(tmp_path: Path) -> None:
+    """The Hugging Face cache links file names to blobs named by hash; shards are found by name, so the library
+    must list the link, not the blob it points to."""
+    blob = tmp_path / "blobs" / "0123abcd"
+    blob.parent.mkdir()
+    blob.symlink_to(ensure_demo_model())
+    link = tmp_path / "snapshots" / "gemma-3-270m-Q4_K_M.gguf"
+    link.parent.mkdir()
+    link.symlink_to(blob)
+    entry = Library().add_file(link, source="Hugging Face: test/repo")
+    assert entry.path == link and entry.path.name == "gemma-3-270m-Q4_K_M.gguf"
+    assert Library().get_by_path(link) == entry

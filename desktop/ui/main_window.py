@@ -100,6 +100,7 @@ class MainWindow(QMainWindow):
         self.addAction(quit_action)
 
         self.monitor.sig_sample.connect(self.hardware_page.show_usage)
+        self.hardware_page.sig_report.connect(self.models_page.hub_panel.set_hardware_report)
         self._restore_state()
         if start_background:
             self.start_background()

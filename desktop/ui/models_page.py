@@ -1,4 +1,5 @@
-"""Models: the local library (GGUF files QuantDesk made, downloaded or imported) with a details pane."""
+"""Models: the local library (GGUF files QuantDesk made, downloaded or imported) with a details pane, and a
+Hugging Face tab to search, inspect, check the fit of and download models (:mod:`desktop.ui.hub_panel`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from PySide6.QtWidgets import (
     QLabel,
     QMessageBox,
     QPushButton,
+    QScrollArea,
     QSplitter,
+    QTabWidget,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -25,9 +28,11 @@ from PySide6.QtWidgets import (
 from desktop.gguf_info import format_parameters
 from desktop.jobs import JobError, format_bytes
 from desktop.library import Library, ModelEntry
+from desktop.ui.hub_panel import HubPanel
 from desktop.ui.widgets import Card, KeyValueGrid, note_label
 from desktop.workers import Job, JobManager
 
+LIBRARY_TAB, HUB_TAB = 0, 1
 COLUMNS = ["Name", "Architecture", "Parameters", "Type", "Context", "Size"]
 
 
@@ -43,6 +48,7 @@ class ModelsPage(QWidget):
         super().__init__(parent)
         self._jobs = jobs
         self.entries: list[ModelEntry] = []
+        self._select_after_reload: Path | None = None
         self.setAcceptDrops(True)
 
         title = QLabel("Models")
@@ -52,11 +58,9 @@ class ModelsPage(QWidget):
         self.add_button.setToolTip("Add GGUF files from disk to the library (Ctrl+O); you can also drop them here")
         self.add_button.clicked.connect(self.choose_files)
         QShortcut(QKeySequence.StandardKey.Open, self, self.choose_files)
-        header = QHBoxLayout()
-        header.addWidget(title)
-        header.addSpacing(12)
-        header.addWidget(self.status, 1)
-        header.addWidget(self.add_button)
+        library_header = QHBoxLayout()
+        library_header.addWidget(self.status, 1)
+        library_header.addWidget(self.add_button)
 
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
@@ -95,10 +99,27 @@ class ModelsPage(QWidget):
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
 
+        library = QWidget()
+        library_layout = QVBoxLayout(library)
+        library_layout.setContentsMargins(0, 8, 0, 0)
+        library_layout.addLayout(library_header)
+        library_layout.addWidget(splitter, 1)
+
+        self.hub_panel = HubPanel(jobs)
+        self.hub_panel.sig_model_added.connect(self.show_added_model)
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(library, "On this computer")
+        hub_scroll = QScrollArea()  # a small window scrolls instead of squeezing the panel
+        hub_scroll.setWidget(self.hub_panel)
+        hub_scroll.setWidgetResizable(True)
+        hub_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.tabs.addTab(hub_scroll, "Hugging Face")
+
         layout = QVBoxLayout(self)
         layout.setContentsMargins(20, 16, 20, 16)
-        layout.addLayout(header)
-        layout.addWidget(splitter, 1)
+        layout.addWidget(title)
+        layout.addWidget(self.tabs, 1)
         self._show_selected()
 
     # ---- library
@@ -110,8 +131,20 @@ class ModelsPage(QWidget):
         self._jobs.start(job)
 
     @Slot(object)
+    def show_added_model(self, path: Path) -> None:
+        """A model was downloaded into the library: show the library with it selected."""
+        self._select_after_reload = Path(path)
+        self.tabs.setCurrentIndex(LIBRARY_TAB)
+        self.reload()
+
+    @Slot(object)
     def show_entries(self, entries: list[ModelEntry]) -> None:
         selected = self.selected_entry()
+        if self._select_after_reload is not None:
+            selected_path: Path | None = self._select_after_reload
+            self._select_after_reload = None
+        else:
+            selected_path = selected.path if selected is not None else None
         self.entries = entries
         self.table.setSortingEnabled(False)
         self.table.setRowCount(len(entries))
@@ -137,8 +170,8 @@ class ModelsPage(QWidget):
             if count
             else "No models yet: add GGUF files with “Add GGUF…” or drop them on this page."
         )
-        if selected is not None:
-            self.select_path(selected.path)
+        if selected_path is not None:
+            self.select_path(selected_path)
         self._show_selected()
         self.sig_models_changed.emit(entries)
 
