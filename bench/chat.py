@@ -7,9 +7,13 @@ caller sees: tokens received per second between the first and the last token eve
 bare; the reported ratio is the median of the per-pair ratios (robust to load from other programs), and the
 medians of each side are printed too.
 
-    python bench/chat.py [--model M.gguf] [--tokens 128] [--threads N] [--runs 3]
+    python bench/chat.py [--model M.gguf] [--tokens 128] [--threads N] [--runs 3] [--only engine|gui]
 
 Target: ratio (engine / bare) >= 0.97.
+
+The second measurement is the GUI thread's longest stall while a reply streams into the Chat page with the
+live graph running (offscreen Qt, the real page and engine): a 5 ms QTimer on the GUI thread records the gap
+between its ticks; the reference is the same probe on the same page, idle, just before. Target: under 30 ms.
 """
 
 from __future__ import annotations
@@ -74,6 +78,96 @@ def engine_run(engine: object, messages: list[dict[str, str]], n_tokens: int) ->
     return reply.metrics.completion_tokens, stamps[-1] - stamps[0], reply.metrics.generation_tokens_per_s
 
 
+def gui_stall(model: Path, n_tokens: int, threads: int, ctx: int, idle_s: float = 2.0) -> dict[str, object]:
+    """The longest gap between 5 ms ticks on the GUI thread: idle, then while a reply streams into the page."""
+    import tempfile
+
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ["QUANTDESK_HOME"] = tempfile.mkdtemp(prefix="quantdesk-bench-")  # never the user's conversations
+    from PySide6.QtCore import QEventLoop, Qt, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from desktop.demo_model import DEMO_SOURCE
+    from desktop.gguf_info import read_gguf
+    from desktop.library import ModelEntry
+    from desktop.ui.chat_page import ChatPage
+    from desktop.workers import JobManager
+
+    app = QApplication.instance() or QApplication(["bench"])
+    info = read_gguf(model)
+    entry = ModelEntry(1, model, info.name, info.architecture, info.parameter_count, info.quant_type,
+                       info.context_length, info.size_bytes, DEMO_SOURCE, None, 0.0)
+    jobs = JobManager()
+    page = ChatPage(jobs)
+    page.resize(1180, 780)
+    page.show()
+    page.set_models([entry])
+    page.offload.context.setValue(ctx)
+    page.offload.threads.setValue(threads)
+    page.settings.temperature.setValue(0.0)
+    page.settings.top_k.setValue(1)
+    page.settings.repeat_penalty.setValue(1.0)
+    page.settings.max_tokens.setValue(n_tokens)
+
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    probe = QTimer()
+    probe.setTimerType(Qt.TimerType.PreciseTimer)
+    probe.setInterval(5)
+    probe.timeout.connect(tick)
+
+    def run_until(condition, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+        loop = QEventLoop()
+        check = QTimer()
+        check.timeout.connect(lambda: loop.quit() if condition() else None)
+        check.start(20)
+        QTimer.singleShot(int(timeout_s * 1000), loop.quit)
+        loop.exec()
+        check.stop()
+
+    try:
+        page.load_model()
+        run_until(lambda: bool(page.loaded_metadata), 300)
+        run_until(lambda: False, 0.5)  # let the page settle after loading
+        last[0] = time.perf_counter()
+        probe.start()
+        run_until(lambda: False, idle_s)
+        idle = gaps[1:]
+        gaps.clear()
+        finished: list[object] = []
+        page.sig_reply_finished.connect(lambda text, metrics: finished.append(metrics))
+        page.send(PROMPT)
+        run_until(lambda: page.reply is not None and bool(page.reply.stamps), 300)
+        gaps.clear()  # from the first token to the end of the reply
+        last[0] = time.perf_counter()
+        run_until(lambda: bool(finished), 600)
+        streaming = gaps[1:]
+        probe.stop()
+        metrics = finished[0] if finished else None
+    finally:
+        page.shutdown()
+        jobs.stop_all(timeout_s=5.0)
+    idle_max = max(idle) * 1000 if idle else 0.0
+    stream_max = max(streaming) * 1000 if streaming else 0.0
+    return {
+        "gui_idle_max_gap_ms": round(idle_max, 1),
+        "gui_streaming_max_gap_ms": round(stream_max, 1),
+        "gui_streaming_p99_gap_ms": round(statistics.quantiles(streaming, n=100)[98] * 1000, 1) if len(streaming) > 100 else None,
+        "gui_stall_over_idle": round(stream_max / idle_max, 2) if idle_max else None,
+        "gui_gaps_over_30ms": sum(g > 0.030 for g in streaming),
+        "gui_reply_tokens": getattr(metrics, "completion_tokens", 0),
+        "gui_reply_tok_s": round(getattr(metrics, "generation_tokens_per_s", 0.0), 2),
+        "gui_graph_redraws": page.graph.redraws,
+        "gui_target_ms": 30,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None)
@@ -82,15 +176,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--ctx", type=int, default=1024)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--only", choices=("engine", "gui"), default=None, help="run one of the two measurements")
     args = parser.parse_args(argv)
+    model = args.model or demo_model()
+    result: dict[str, object] = {"model": str(model), "threads": args.threads}
+    if args.only != "gui":
+        result.update(engine_against_bare(args, model))
+    if args.only != "engine":
+        result.update(gui_stall(model, args.tokens, args.threads, args.ctx))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    if "ratio" in result:
+        print(
+            f"generation through the engine: {result['engine_tok_s']} tok/s, bare llama-cpp-python loop: "
+            f"{result['bare_tok_s']} tok/s, ratio {result['ratio']:.3f} (median of pairs; target >= 0.97); "
+            f"tokens per run {result['tokens']}, threads {args.threads}"
+        )
+        print(
+            f"llama.cpp's own counters: engine {result['engine_llama_counter_tok_s']} tok/s, "
+            f"bare {result['bare_llama_counter_tok_s']} tok/s"
+        )
+    if "gui_streaming_max_gap_ms" in result:
+        print(
+            f"GUI thread's longest stall while a reply streams into the Chat page with the graph running: "
+            f"{result['gui_streaming_max_gap_ms']} ms (target < 30 ms; p99 {result['gui_streaming_p99_gap_ms']} ms, "
+            f"{result['gui_gaps_over_30ms']} gaps over 30 ms); idle page: {result['gui_idle_max_gap_ms']} ms, "
+            f"ratio {result['gui_stall_over_idle']}; reply {result['gui_reply_tokens']} tokens at "
+            f"{result['gui_reply_tok_s']} tok/s, {result['gui_graph_redraws']} graph redraws"
+        )
+    return 0
 
+
+def engine_against_bare(args: argparse.Namespace, model: Path) -> dict[str, object]:
+    """Generation speed through the engine against the bare llama-cpp-python loop, alternating pairs."""
     import llama_cpp
 
     from desktop.chat_templates import choose_template, render
     from desktop.engine import Engine, LoadOptions
     from desktop.engine_child import _patched_model_params
 
-    model = args.model or demo_model()
     messages = [{"role": "user", "content": PROMPT}]
 
     engine = Engine()
@@ -135,9 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     bare_rate = statistics.median(bare_rates)
     # each pair ran back to back, so its ratio is the least disturbed by other load on the machine
     pair_ratio = statistics.median(e / b for e, b in zip(engine_rates, bare_rates))
-    result = {
-        "model": str(model),
-        "threads": args.threads,
+    return {
         "tokens": counts,
         "engine_tok_s": round(engine_rate, 2),
         "bare_tok_s": round(bare_rate, 2),
@@ -149,19 +272,6 @@ def main(argv: list[str] | None = None) -> int:
         "runs_bare": [round(r, 2) for r in bare_rates],
         "target": 0.97,
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(
-            f"generation through the engine: {engine_rate:.1f} tok/s, bare llama-cpp-python loop: {bare_rate:.1f} tok/s, "
-            f"ratio {result['ratio']:.3f} (median of pairs; target >= 0.97); tokens per run {counts}, "
-            f"threads {args.threads}"
-        )
-        print(
-            f"llama.cpp's own counters: engine {result['engine_llama_counter_tok_s']} tok/s, "
-            f"bare {result['bare_llama_counter_tok_s']} tok/s"
-        )
-    return 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from PySide6.QtWidgets import QHBoxLayout, QListWidget, QListWidgetItem, QMainWi
 from desktop import APP_NAME, paths, resources
 from desktop.demo_model import first_launch_job
 from desktop.jobs import JobError
+from desktop.ui.chat_page import ChatPage
 from desktop.ui.hardware_page import HardwarePage
 from desktop.ui.jobs_panel import JobsPanel
 from desktop.ui.models_page import ModelsPage
@@ -58,15 +59,7 @@ class MainWindow(QMainWindow):
                 "A chart of size against quality, and a recommendation within your limits",
             ],
         )
-        self.chat_page = PlaceholderPage(
-            "Chat",
-            "Chat with any model in the library while a live graph shows tokens per second.",
-            [
-                "GPU offload slider with a memory breakdown and a fits / does-not-fit verdict",
-                "System prompt, sampling settings, stop and regenerate, conversations kept on disk",
-                "Time to first token and prompt speed for every reply",
-            ],
-        )
+        self.chat_page = ChatPage(self.jobs)
         pages = [self.hardware_page, self.models_page, self.quantize_page, self.compare_page, self.chat_page]
         for index, (name, page) in enumerate(zip(PAGES, pages, strict=True)):
             item = QListWidgetItem(QIcon(str(resources.path(f"icons/{name.lower()}.svg"))), name)
@@ -101,6 +94,8 @@ class MainWindow(QMainWindow):
 
         self.monitor.sig_sample.connect(self.hardware_page.show_usage)
         self.hardware_page.sig_report.connect(self.models_page.hub_panel.set_hardware_report)
+        self.hardware_page.sig_report.connect(self.chat_page.set_hardware_report)
+        self.models_page.sig_models_changed.connect(self.chat_page.set_models)
         self._restore_state()
         if start_background:
             self.start_background()
@@ -151,5 +146,6 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
         self.save_state()
         self.monitor.stop()
+        self.chat_page.shutdown()  # the engine process, and conversation writes still queued
         self.jobs.stop_all(timeout_s=5.0)
         event.accept()
