@@ -1,0 +1,42 @@
+"""``quantdesk imatrix MODEL.gguf --text FILE -o OUT.imatrix.gguf``: compute an importance matrix."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "imatrix",
+        help="compute an importance matrix from a calibration text",
+        description="Run MODEL over a calibration text and save llama.cpp's GGUF importance matrix, which the "
+        "low-bit types (IQ1_*, IQ2_*, IQ3_XXS, IQ3_XS, Q2_K_S) need and every other type benefits from.",
+    )
+    p.add_argument("model", help="the GGUF to calibrate (best the F16/BF16 one you quantize from)")
+    p.add_argument("--text", help="calibration text file (default: QuantDesk's bundled general sample)")
+    p.add_argument("-o", "--output", help="output file (default: <model>.imatrix.gguf next to the model)")
+    p.add_argument("--ctx", type=int, default=512, help="tokens per chunk (default 512)")
+    p.add_argument("--chunks", type=int, help="use at most this many chunks")
+    p.add_argument("--threads", type=int, help="threads (default: all cores)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from desktop.imatrix import compute_imatrix
+
+    model = Path(args.model)
+    out = Path(args.output) if args.output else model.with_name(model.name.removesuffix(".gguf") + ".imatrix.gguf")
+
+    def progress(done: float, total: float, message: str) -> None:
+        end = "" if sys.stderr.isatty() else "\n"
+        prefix = "\r\033[K" if sys.stderr.isatty() else ""
+        print(f"{prefix}importance matrix: {message}", end=end, file=sys.stderr, flush=True)
+
+    compute_imatrix(model, args.text, out, progress=progress, cancelled=lambda: False, n_ctx=args.ctx,
+                    max_chunks=args.chunks, threads=args.threads)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(out)
+    return 0
