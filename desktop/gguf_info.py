@@ -41,6 +41,8 @@ class GGUFInfo:
     metadata: dict[str, Any] = field(default_factory=dict)  # arrays longer than 64 items are None
     tensors: list[TensorInfo] = field(default_factory=list)
     shards: list[Path] = field(default_factory=list)
+    kv_bytes: int = 0  # size of the first shard's key/value section
+    data_offset: int = 0  # where the first shard's tensor data starts (the header's size, aligned)
 
     @property
     def chat_template(self) -> str | None:
@@ -139,7 +141,8 @@ class _Cursor:
                 self.value(item_type)
 
 
-def _read_header(path: Path) -> tuple[dict[str, Any], list[TensorInfo]]:
+def _read_header(path: Path) -> tuple[dict[str, Any], list[TensorInfo], int, int]:
+    """(metadata, tensors, end of the key/value section, start of the tensor data)."""
     import gguf
 
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
@@ -155,6 +158,7 @@ def _read_header(path: Path) -> tuple[dict[str, Any], list[TensorInfo]]:
         for _ in range(n_kv):
             key = cur.string()
             metadata[key] = cur.value(cur.scalar("<I"))
+        kv_end = cur.pos
         tensors = []
         for _ in range(n_tensors):
             name = cur.string()
@@ -168,7 +172,10 @@ def _read_header(path: Path) -> tuple[dict[str, Any], list[TensorInfo]]:
             for dim in shape:
                 n_elements *= dim
             tensors.append(TensorInfo(name, ggml_type.name, shape, n_elements, n_elements // block * type_size))
-    return metadata, tensors
+        alignment = metadata.get("general.alignment")
+        alignment = alignment if isinstance(alignment, int) and alignment > 0 else 32
+        data_offset = (cur.pos + alignment - 1) // alignment * alignment
+    return metadata, tensors, kv_end, data_offset
 
 
 def read_gguf(path: Path | str) -> GGUFInfo:
@@ -186,16 +193,17 @@ def read_gguf(path: Path | str) -> GGUFInfo:
         )
     metadata: dict[str, Any] = {}
     tensors: list[TensorInfo] = []
+    kv_end = data_offset = 0
     for shard in shards:
         try:
-            shard_metadata, shard_tensors = _read_header(shard)
+            shard_metadata, shard_tensors, shard_kv_end, shard_data_offset = _read_header(shard)
         except (ValueError, OSError, struct.error, KeyError, IndexError) as exc:
             raise UserError(
                 f"{shard.name} is not a readable GGUF file ({exc}).",
                 "Check that the download finished, or pick another file.",
             ) from exc
         if not metadata:
-            metadata = shard_metadata
+            metadata, kv_end, data_offset = shard_metadata, shard_kv_end, shard_data_offset
         tensors += shard_tensors
     arch = str(metadata.get("general.architecture") or "unknown")
     name = metadata.get("general.name") or _name_from_path(path)
@@ -211,6 +219,8 @@ def read_gguf(path: Path | str) -> GGUFInfo:
         metadata=metadata,
         tensors=tensors,
         shards=shards,
+        kv_bytes=kv_end - 24,
+        data_offset=data_offset,
     )
 
 

@@ -11,16 +11,14 @@ Tensor shapes are in numpy order (out-features first); llama.cpp's ``ne[0]`` (th
 
 from __future__ import annotations
 
-import mmap
 import re
-import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from desktop.errors import UserError
-from desktop.quant_types import GGML_TYPE_SIZES, by_name, ggml_type_by_name, ggml_type_name
+from desktop.quant_types import GGML_TYPE_SIZES, by_name, ggml_type_by_name
 
 __all__ = [
     "ModelTensors",
@@ -548,16 +546,13 @@ def predict_size(tensors: Sequence[TensorSpec], ftype_name: str, **options: Any)
 def tensors_from_gguf(path: Path | str) -> ModelTensors:
     """The tensors of a GGUF file, with its architecture, layer count, GQA factor and header size.
 
-    Only the header is read, with a small parser of our own: gguf-py's reader builds an object per vocabulary
-    entry and takes tens of seconds on a model with a 262k-token vocabulary; this takes a fraction of a second.
+    Only the header is read (:func:`desktop.gguf_info.read_gguf`, which skips the vocabulary instead of decoding it).
     """
-    path = Path(path)
-    try:
-        header = _read_header(path)
-    except (OSError, ValueError, struct.error, UnicodeDecodeError, KeyError) as exc:
-        raise UserError(f"{path.name} is not a GGUF file QuantDesk can read ({exc}).") from exc
-    kv, infos, kv_end, data_offset = header
-    specs = [TensorSpec(name, tuple(reversed(dims)), ggml_type_name(type_id)) for name, dims, type_id in infos]
+    from desktop.gguf_info import read_gguf
+
+    info = read_gguf(path)
+    kv = info.metadata
+    specs = [TensorSpec(t.name, tuple(reversed(t.shape)), t.ggml_type) for t in info.tensors]
     arch = kv.get("general.architecture")
     arch = arch if isinstance(arch, str) else None
     hp: dict[str, int] = {}
@@ -577,66 +572,5 @@ def tensors_from_gguf(path: Path | str) -> ModelTensors:
             hp["n_expert"] = n_expert
         if arch == "llama" and hp.get("n_layer") == 80:
             hp["is_70b"] = 1
-    return ModelTensors(specs, arch=arch, hparams=hp, metadata_bytes=data_offset, kv_bytes=kv_end - 24,
+    return ModelTensors(specs, arch=arch, hparams=hp, metadata_bytes=info.data_offset, kv_bytes=info.kv_bytes,
                         kv_keys=kv.keys())
-
-
-_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_STRING, _ARRAY = 8, 9
-
-
-def _read_header(path: Path) -> tuple[dict[str, Any], list[tuple[str, list[int], int]], int, int]:
-    """(key/values, [(tensor name, ggml dims, ggml type id)], end of the key/values, start of tensor data)."""
-    with open(path, "rb") as f:
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        if buf[:4] != b"GGUF":
-            raise ValueError("no GGUF magic")
-        version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
-        if version < 2:
-            raise ValueError(f"GGUF version {version} is too old")
-        pos = 24
-
-        def string(at: int) -> tuple[str, int]:
-            (n,) = struct.unpack_from("<Q", buf, at)
-            return buf[at + 8 : at + 8 + n].decode("utf-8", errors="replace"), at + 8 + n
-
-        def value(kind: int, at: int) -> tuple[Any, int]:
-            if kind in _SCALAR:
-                fmt = _SCALAR[kind]
-                return struct.unpack_from(fmt, buf, at)[0], at + struct.calcsize(fmt)
-            if kind == _STRING:
-                return string(at)
-            if kind == _ARRAY:
-                item, count = struct.unpack_from("<IQ", buf, at)
-                at += 12
-                if item in _SCALAR:
-                    size = struct.calcsize(_SCALAR[item])
-                    items = [struct.unpack_from(_SCALAR[item], buf, at + i * size)[0] for i in range(min(count, 64))]
-                    return (items if count <= 64 else None), at + size * count
-                items_out: list[Any] = []
-                for _ in range(count):  # strings (a vocabulary) or nested arrays: walk them, keep none
-                    _, at = value(item, at)
-                return items_out or None, at
-            raise ValueError(f"unknown GGUF value type {kind}")
-
-        kv: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key, pos = string(pos)
-            (kind,) = struct.unpack_from("<I", buf, pos)
-            kv[key], pos = value(kind, pos + 4)
-        kv_end = pos
-        infos = []
-        for _ in range(n_tensors):
-            name, pos = string(pos)
-            (n_dims,) = struct.unpack_from("<I", buf, pos)
-            dims = list(struct.unpack_from(f"<{n_dims}Q", buf, pos + 4))
-            type_id, _offset = struct.unpack_from("<IQ", buf, pos + 4 + 8 * n_dims)
-            pos += 4 + 8 * n_dims + 12
-            infos.append((name, dims, type_id))
-        alignment = kv.get("general.alignment")
-        alignment = alignment if isinstance(alignment, int) and alignment > 0 else GGUF_ALIGNMENT
-        data_offset = (pos + alignment - 1) // alignment * alignment
-        return kv, infos, kv_end, data_offset
-    finally:
-        buf.close()
