@@ -225,7 +225,8 @@ def plan_quantization(
                 kind="requantize",
             )
         target = output_path(source, quant.name, out_dir)
-        if target.resolve() == source.resolve():
+        if os.path.normcase(str(target.resolve())).lower() == os.path.normcase(str(source.resolve())).lower():
+            # compared without case too: on macOS and Windows "x-Q4_K_M.gguf" and "x-q4_k_m.gguf" are one file
             raise UserError(f"The output {target.name} would overwrite the source.", "Choose another output folder.")
         predicted = sizing.predict_size(tensors, quant.name, **options.sizing_options())
         tasks.append(QuantizeTask(source, quant, target, predicted, len(tensors)))

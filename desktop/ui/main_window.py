@@ -14,6 +14,7 @@ from desktop.ui.hardware_page import HardwarePage
 from desktop.ui.jobs_panel import JobsPanel
 from desktop.ui.models_page import ModelsPage
 from desktop.ui.placeholder_page import PlaceholderPage
+from desktop.ui.quantize_page import QuantizePage
 from desktop.workers import Job, JobManager
 from desktop.workers.monitor import UsageMonitor
 
@@ -40,16 +41,7 @@ class MainWindow(QMainWindow):
 
         self.hardware_page = HardwarePage(self.jobs)
         self.models_page = ModelsPage(self.jobs)
-        self.quantize_page = PlaceholderPage(
-            "Quantize",
-            "Turn a Hugging Face checkpoint or a GGUF into the quant types that fit this machine.",
-            [
-                "Several target types in one run, with the predicted size of each before it starts",
-                "Mixed precision: keep the output and embedding tensors at higher precision",
-                "An importance matrix from a calibration text, for the low-bit types",
-                "Per-tensor progress, ETA and cancel",
-            ],
-        )
+        self.quantize_page = QuantizePage(self.jobs)
         self.compare_page = PlaceholderPage(
             "Compare",
             "Measure what each quant of a model costs in quality and buys in size and speed, on this machine.",
@@ -96,6 +88,8 @@ class MainWindow(QMainWindow):
         self.hardware_page.sig_report.connect(self.models_page.hub_panel.set_hardware_report)
         self.hardware_page.sig_report.connect(self.chat_page.set_hardware_report)
         self.models_page.sig_models_changed.connect(self.chat_page.set_models)
+        self.models_page.sig_models_changed.connect(self.quantize_page.set_models)
+        self.quantize_page.sig_finished.connect(self.models_page.reload)
         self._restore_state()
         if start_background:
             self.start_background()
