@@ -32,6 +32,18 @@ CREATE TABLE IF NOT EXISTS models (
     imatrix TEXT,
     added_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    architecture TEXT NOT NULL,
+    parameters INTEGER NOT NULL,
+    dtype TEXT NOT NULL,
+    context_length INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    source TEXT NOT NULL DEFAULT '',
+    added_at REAL NOT NULL
+);
 """
 
 
@@ -52,6 +64,27 @@ class ModelEntry:
     @property
     def exists(self) -> bool:
         return self.path.exists()
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """A Hugging Face checkpoint folder (safetensors) that QuantDesk can convert: a cached snapshot or an imported
+    folder. It becomes a GGUF on the Quantize page."""
+
+    id: int
+    path: Path
+    name: str
+    architecture: str  # as config.json names it, e.g. "LlamaForCausalLM"
+    parameters: int
+    dtype: str  # the weights' main dtype, e.g. "BF16"
+    context_length: int
+    size_bytes: int
+    source: str
+    added_at: float
+
+    @property
+    def exists(self) -> bool:
+        return self.path.is_dir()
 
 
 class Library:
@@ -135,9 +168,77 @@ class Library:
                 with contextlib.suppress(FileNotFoundError):
                     shard.unlink()
 
+    # ---- checkpoint folders
+    def add_checkpoint(self, folder: Path | str, source: str = "imported folder", name: str | None = None) -> CheckpointEntry:
+        """Check a checkpoint folder as the converter would and list it. Raises UserError if it cannot be converted."""
+        from collections import Counter
+
+        from desktop.convert import inspect_checkpoint
+
+        folder = Path(os.path.abspath(folder))
+        checkpoint = inspect_checkpoint(folder)
+        weights = list(checkpoint.tensors.values())
+        dtype = Counter(ref.dtype for ref in weights).most_common(1)[0][0] if weights else "?"
+        size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        context = int(checkpoint.hparams.get("max_position_embeddings") or 0)
+        with self._connect() as db:
+            db.execute(
+                """INSERT INTO checkpoints (path, name, architecture, parameters, dtype, context_length, size_bytes,
+                                            source, added_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(path) DO UPDATE SET name=excluded.name, architecture=excluded.architecture,
+                       parameters=excluded.parameters, dtype=excluded.dtype, context_length=excluded.context_length,
+                       size_bytes=excluded.size_bytes, source=excluded.source""",
+                (
+                    str(folder),
+                    name or folder.name,
+                    checkpoint.architecture,
+                    sum(ref.n_elements for ref in weights),
+                    dtype,
+                    context,
+                    size,
+                    source,
+                    time.time(),
+                ),
+            )
+            row = db.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE path = ?", (str(folder),)).fetchone()
+        return CheckpointEntry(row[0], Path(row[1]), *row[2:])
+
+    def checkpoints(self) -> list[CheckpointEntry]:
+        with self._connect() as db:
+            rows = db.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints ORDER BY name COLLATE NOCASE").fetchall()
+        return [CheckpointEntry(row[0], Path(row[1]), *row[2:]) for row in rows]
+
+    def remove_checkpoint(self, checkpoint_id: int) -> None:
+        """Forget a checkpoint folder; the folder itself is never deleted from here."""
+        with self._connect() as db:
+            db.execute("DELETE FROM checkpoints WHERE id = ?", (checkpoint_id,))
+
+    def sync_hf_cache(self) -> list[str]:
+        """List every convertible checkpoint in the Hugging Face cache (offline); returns sentences for the
+        snapshots that cannot be converted, so the page can say why they are missing."""
+        from desktop.errors import UserError
+        from desktop.hub_search import cached_repos
+
+        skipped = []
+        for repo in cached_repos():
+            if repo.kind != "checkpoint":
+                continue
+            try:
+                self.add_checkpoint(repo.snapshot_dir, source=f"Hugging Face: {repo.repo_id}",
+                                    name=repo.repo_id.rsplit("/", 1)[-1])
+            except UserError as exc:
+                skipped.append(f"{repo.repo_id}: {exc.message}")
+        return skipped
+
     def is_empty(self) -> bool:
         with self._connect() as db:
             return db.execute("SELECT COUNT(*) FROM models").fetchone()[0] == 0
+
+
+_CHECKPOINT_COLUMNS = (
+    "id, path, name, architecture, parameters, dtype, context_length, size_bytes, source, added_at"
+)
 
 
 def _entry(row: tuple) -> ModelEntry:  # type: ignore[type-arg]

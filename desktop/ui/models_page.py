@@ -27,7 +27,8 @@ from PySide6.QtWidgets import (
 
 from desktop.gguf_info import format_parameters
 from desktop.jobs import JobError, format_bytes
-from desktop.library import Library, ModelEntry
+from desktop.library import CheckpointEntry, Library, ModelEntry
+from desktop.ui.checkpoints_view import CheckpointsView
 from desktop.ui.hub_panel import HubPanel
 from desktop.ui.widgets import Card, KeyValueGrid, note_label
 from desktop.workers import Job, JobManager
@@ -36,8 +37,10 @@ LIBRARY_TAB, HUB_TAB = 0, 1
 COLUMNS = ["Name", "Architecture", "Parameters", "Type", "Context", "Size"]
 
 
-def _load_library(progress, cancelled) -> list[ModelEntry]:  # type: ignore[no-untyped-def]
-    return Library().models()
+def _load_library(progress, cancelled) -> tuple[list[ModelEntry], list[CheckpointEntry], list[str]]:  # type: ignore[no-untyped-def]
+    library = Library()
+    skipped = library.sync_hf_cache()  # cached snapshots are listed offline, without a request
+    return library.models(), library.checkpoints(), skipped
 
 
 class ModelsPage(QWidget):
@@ -104,6 +107,9 @@ class ModelsPage(QWidget):
         library_layout.setContentsMargins(0, 8, 0, 0)
         library_layout.addLayout(library_header)
         library_layout.addWidget(splitter, 1)
+        self.checkpoints = CheckpointsView(jobs)
+        self.checkpoints.sig_changed.connect(self.reload)
+        library_layout.addWidget(self.checkpoints)
 
         self.hub_panel = HubPanel(jobs)
         self.hub_panel.sig_model_added.connect(self.show_added_model)
@@ -126,7 +132,7 @@ class ModelsPage(QWidget):
     @Slot()
     def reload(self) -> None:
         job = Job("Read library", _load_library, visible=False)
-        job.sig_result.connect(self.show_entries)
+        job.sig_result.connect(self._show_library)
         job.sig_error.connect(self._on_error)
         self._jobs.start(job)
 
@@ -136,6 +142,12 @@ class ModelsPage(QWidget):
         self._select_after_reload = Path(path)
         self.tabs.setCurrentIndex(LIBRARY_TAB)
         self.reload()
+
+    @Slot(object)
+    def _show_library(self, loaded: tuple[list[ModelEntry], list[CheckpointEntry], list[str]]) -> None:
+        models, checkpoints, skipped = loaded
+        self.checkpoints.show_entries(checkpoints, skipped)
+        self.show_entries(models)
 
     @Slot(object)
     def show_entries(self, entries: list[ModelEntry]) -> None:
@@ -240,13 +252,20 @@ class ModelsPage(QWidget):
         return job
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
-        if any(u.toLocalFile().lower().endswith(".gguf") for u in event.mimeData().urls()):
+        paths = [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.isLocalFile()]
+        if any(p.suffix.lower() == ".gguf" or p.is_dir() for p in paths):
             event.acceptProposedAction()
 
     def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
-        files = [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.toLocalFile().lower().endswith(".gguf")]
+        """GGUF files join the library; folders are checked as Hugging Face checkpoints."""
+        paths = [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.isLocalFile()]
+        files = [p for p in paths if p.suffix.lower() == ".gguf"]
+        folders = [p for p in paths if p.is_dir()]
         if files:
             self.add_files(files)
+        if folders:
+            self.checkpoints.add_folders(folders)
+        if files or folders:
             event.acceptProposedAction()
 
     # ---- actions on the selection

@@ -1,0 +1,65 @@
+"""Hugging Face checkpoint folders in the library: imported folders and cached snapshots, listed offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mockhub import MockHub, checkpoint_files
+from pytestqt.qtbot import QtBot
+
+from desktop.errors import UserError
+from desktop.hub_download import download
+from desktop.library import Library
+from tests.test_convert_support import assemble
+
+
+def test_an_imported_folder_is_checked_and_listed(tmp_path: Path) -> None:
+    folder = assemble("qwen3", tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    entry = Library().add_checkpoint(folder)
+    assert entry.path == folder and entry.name == "qwen3" and entry.source == "imported folder"
+    assert entry.architecture == config["architectures"][0]
+    assert entry.context_length == config["max_position_embeddings"]
+    assert entry.size_bytes == sum(p.stat().st_size for p in folder.iterdir())
+    assert entry.dtype in ("BF16", "F16", "F32") and entry.parameters > 0
+    assert Library().checkpoints() == [entry]
+
+
+def test_a_folder_the_converter_cannot_use_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x02}q\x00.")
+    with pytest.raises(UserError, match="only PyTorch pickle weights"):
+        Library().add_checkpoint(folder)
+    assert Library().checkpoints() == []
+
+
+def test_cached_snapshots_are_listed_without_the_network(mock_hub: MockHub) -> None:
+    mock_hub.add_repo("org/tiny-llama", checkpoint_files())
+    result = download(progress=lambda *a: None, cancelled=lambda: False, repo="org/tiny-llama")
+    mock_hub.stop()
+    assert Library().sync_hf_cache() == []
+    (entry,) = Library().checkpoints()
+    assert (entry.name, entry.source) == ("tiny-llama", "Hugging Face: org/tiny-llama")
+    assert entry.path == Path(result.snapshot_dir)
+
+
+def test_models_page_lists_checkpoints_and_adds_folders(qtbot: QtBot, tmp_path: Path) -> None:
+    from desktop.ui.models_page import ModelsPage
+    from desktop.workers import JobManager
+
+    page = ModelsPage(JobManager())
+    qtbot.addWidget(page)
+    page.reload()
+    qtbot.waitUntil(lambda: page.checkpoints.status.text().startswith("None yet"), timeout=30_000)
+    job = page.checkpoints.add_folders([assemble("gemma3", tmp_path)])
+    with qtbot.waitSignal(job.sig_finished, timeout=30_000):
+        pass
+    qtbot.waitUntil(lambda: page.checkpoints.table.rowCount() == 1, timeout=30_000)
+    assert page.checkpoints.table.item(0, 0).text() == "gemma3"
+    assert page.checkpoints.status.text().startswith("1 on this computer")
+    page.checkpoints.table.selectRow(0)
+    assert page.checkpoints.forget_button.isEnabled()
