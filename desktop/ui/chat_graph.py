@@ -95,6 +95,7 @@ class SpeedGraph(QWidget):
         self._ttft: float | None = None
         self._prompt_text = ""
         self._history: list[float] = []
+        self._drawn_history: list[float] | None = None
         self._dirty = False
         self._label_text = ""
         self._x_right = 0.0
@@ -188,11 +189,13 @@ class SpeedGraph(QWidget):
                 self._x_right = _nice_step(right * 1.25)
                 self.plot.setXRange(0, self._x_right, padding=0)
             self.ttft_label.setPos(self._ttft or 0.0, self._y_top)
-        n = len(self._history)
-        self.history_bars.setOpts(x=np.arange(1, n + 1), height=np.asarray(self._history, dtype=float), width=0.6)
-        if n:
-            self.history.setXRange(0.4, max(n, 3) + 0.6, padding=0)
-            self.history.setYRange(0, max(self._history) * 1.15, padding=0)
+        if self._history != self._drawn_history:  # the bar chart changes once per reply, not per frame
+            self._drawn_history = list(self._history)
+            n = len(self._history)
+            self.history_bars.setOpts(x=np.arange(1, n + 1), height=np.asarray(self._history, dtype=float), width=0.6)
+            if n:
+                self.history.setXRange(0.4, max(n, 3) + 0.6, padding=0)
+                self.history.setYRange(0, max(self._history) * 1.15, padding=0)
 
 
 class SpeedStats(QWidget):
