@@ -8,13 +8,10 @@ from pathlib import Path
 from PySide6.QtCore import QUrl, Signal, Slot
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QPushButton,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -23,7 +20,7 @@ from PySide6.QtWidgets import (
 from desktop.gguf_info import format_parameters
 from desktop.jobs import JobError, format_bytes
 from desktop.library import CheckpointEntry, Library
-from desktop.ui.widgets import note_label
+from desktop.ui.widgets import note_label, read_only_table
 from desktop.workers import Job, JobManager
 
 COLUMNS = ["Checkpoint", "Architecture", "Parameters", "Weights", "Context", "Size", "Source"]
@@ -65,15 +62,7 @@ class CheckpointsView(QWidget):
         header.addWidget(self.forget_button)
         header.addWidget(self.add_button)
 
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        for col in range(1, len(COLUMNS)):
-            self.table.horizontalHeader().setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        self.table = read_only_table(COLUMNS)
         self.table.setMaximumHeight(150)
         self.table.itemSelectionChanged.connect(self._update_buttons)
 

@@ -12,10 +12,8 @@ from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QSpinBox,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -24,7 +22,7 @@ from PySide6.QtWidgets import (
 from desktop.fit import MachineMemory
 from desktop.hub import FitRow, RepoReport, fit_rows
 from desktop.jobs import format_bytes
-from desktop.ui.widgets import note_label
+from desktop.ui.widgets import note_label, read_only_table
 
 MIN_CONTEXT = 512
 DEFAULT_CONTEXT = 4096
@@ -65,19 +63,9 @@ class FitTable(QWidget):
         top.addSpacing(12)
         top.addWidget(self.memory_label, 1)
 
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.setAlternatingRowColors(True)
+        self.table = read_only_table(COLUMNS, stretch_column=ABOUT_COLUMN)
         self.table.verticalHeader().setDefaultSectionSize(24)
         self.table.setWordWrap(False)
-        header = self.table.horizontalHeader()
-        for col in range(len(COLUMNS)):
-            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(ABOUT_COLUMN, QHeaderView.ResizeMode.Stretch)
         self.table.itemSelectionChanged.connect(self.sig_selection_changed)
         self.empty = note_label("Inspect a repository to see which of its quant types fit this machine.")
         self.empty.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)

@@ -9,17 +9,14 @@ from pathlib import Path
 from PySide6.QtCore import QUrl, Qt, Signal, Slot
 from PySide6.QtGui import QDesktopServices, QDragEnterEvent, QDropEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QMessageBox,
     QPushButton,
     QScrollArea,
     QSplitter,
     QTabWidget,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -30,7 +27,7 @@ from desktop.jobs import JobError, format_bytes
 from desktop.library import CheckpointEntry, Library, ModelEntry
 from desktop.ui.checkpoints_view import CheckpointsView
 from desktop.ui.hub_panel import HubPanel
-from desktop.ui.widgets import Card, KeyValueGrid, note_label
+from desktop.ui.widgets import Card, KeyValueGrid, note_label, read_only_table
 from desktop.workers import Job, JobManager
 
 LIBRARY_TAB, HUB_TAB = 0, 1
@@ -65,17 +62,8 @@ class ModelsPage(QWidget):
         library_header.addWidget(self.status, 1)
         library_header.addWidget(self.add_button)
 
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.setAlternatingRowColors(True)
+        self.table = read_only_table(COLUMNS)
         self.table.setSortingEnabled(True)
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        for col in range(1, len(COLUMNS)):
-            self.table.horizontalHeader().setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         self.table.itemSelectionChanged.connect(self._show_selected)
 
         self.details = Card("Details")
