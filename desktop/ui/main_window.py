@@ -10,10 +10,10 @@ from desktop import APP_NAME, paths, resources
 from desktop.demo_model import first_launch_job
 from desktop.jobs import JobError
 from desktop.ui.chat_page import ChatPage
+from desktop.ui.compare_page import ComparePage
 from desktop.ui.hardware_page import HardwarePage
 from desktop.ui.jobs_panel import JobsPanel
 from desktop.ui.models_page import ModelsPage
-from desktop.ui.placeholder_page import PlaceholderPage
 from desktop.ui.quantize_page import QuantizePage
 from desktop.workers import Job, JobManager
 from desktop.workers.monitor import UsageMonitor
@@ -42,15 +42,7 @@ class MainWindow(QMainWindow):
         self.hardware_page = HardwarePage(self.jobs)
         self.models_page = ModelsPage(self.jobs)
         self.quantize_page = QuantizePage(self.jobs)
-        self.compare_page = PlaceholderPage(
-            "Compare",
-            "Measure what each quant of a model costs in quality and buys in size and speed, on this machine.",
-            [
-                "Perplexity and KL divergence against the F16 model on your own text",
-                "Prompt and generation speed measured here, and whether it fits at your context size",
-                "A chart of size against quality, and a recommendation within your limits",
-            ],
-        )
+        self.compare_page = ComparePage(self.jobs)
         self.chat_page = ChatPage(self.jobs)
         pages = [self.hardware_page, self.models_page, self.quantize_page, self.compare_page, self.chat_page]
         for index, (name, page) in enumerate(zip(PAGES, pages, strict=True)):
@@ -90,6 +82,9 @@ class MainWindow(QMainWindow):
         self.models_page.sig_models_changed.connect(self.chat_page.set_models)
         self.models_page.sig_models_changed.connect(self.quantize_page.set_models)
         self.quantize_page.sig_finished.connect(self.models_page.reload)
+        self.hardware_page.sig_report.connect(self.compare_page.set_hardware_report)
+        self.models_page.sig_models_changed.connect(self.compare_page.set_models)
+        self.compare_page.sig_finished.connect(self.models_page.reload)
         self._restore_state()
         if start_background:
             self.start_background()
