@@ -134,3 +134,23 @@ def test_theme_follows_the_system_colour_scheme(qtbot: QtBot) -> None:
     assert app.palette().color(QPalette.ColorRole.Text).lightness() > 200
     hints.colorSchemeChanged.emit(Qt.ColorScheme.Light)
     assert app.palette().color(QPalette.ColorRole.Window).lightness() > 200
+
+
+def test_a_long_progress_line_does_not_widen_the_window(qtbot: QtBot) -> None:
+    import threading
+
+    window = _open(qtbot)
+    window.resize(720, 530)
+    release = threading.Event()
+
+    def work(progress, cancelled):  # type: ignore[no-untyped-def]
+        progress(1, 2, "Measuring " + "a very long model name " * 40)
+        release.wait(10)
+
+    job = window.jobs.start(Job("Measure", work))
+    qtbot.waitUntil(lambda: any(r.job is job and r.detail.text().startswith("Measuring") for r in window.jobs_panel.rows()), timeout=10_000)
+    assert window.width() == 720 and window.minimumSizeHint().width() < 720
+    release.set()
+    with qtbot.waitSignal(job.sig_finished, timeout=10_000):
+        pass
+    window.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Slot
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from desktop.jobs import format_duration
 from desktop.workers import Job, JobManager, JobState
@@ -23,6 +23,9 @@ class JobRow(QWidget):
         self.bar.setTextVisible(False)
         self.detail = QLabel()
         self.detail.setObjectName("note")
+        # A long progress line must not widen the window: the label may shrink, and elides (full text in a tooltip).
+        self.detail.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.detail.setMinimumWidth(80)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(job.cancel)
         layout.addWidget(self.title)
@@ -52,6 +55,8 @@ class JobRow(QWidget):
             eta = job.eta()
             if job.total > 0 and eta is not None:
                 text += f" · {format_duration(eta)} left"
+        self.full_text = text
+        self.detail.setToolTip(text)
         self.detail.setText(text)
         self.cancel_button.setVisible(job.is_active())
         self.cancel_button.setEnabled(not job.is_cancelled())
