@@ -18,7 +18,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import ctypes
-import faulthandler
 import gc
 import logging
 import os
@@ -571,12 +570,9 @@ def _patched_model_params(*, use_extra_bufts: bool, progress: Any) -> Iterator[N
 
 def main(requests: Connection, events: Connection, log_path: str | None) -> None:
     """Entry point of the engine process."""
-    if log_path:
-        log_file = open(log_path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
-        os.dup2(log_file.fileno(), 2)
-        sys.stderr = open(2, "w", closefd=False, buffering=1)  # noqa: SIM115
-        faulthandler.enable(file=log_file, all_threads=True)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    from desktop.process import setup_child_logging
+
+    setup_child_logging(log_path)
     server = _Server(events)
     try:
         server.install_log_callback()

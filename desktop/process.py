@@ -61,15 +61,20 @@ def _resolve(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module_name), func_name)  # type: ignore[no-any-return]
 
 
-def _child_main(conn: Connection, target: str, kwargs: dict[str, Any], log_path: str | None) -> None:
-    """Entry point of the child process."""
+def setup_child_logging(log_path: str | None) -> None:
+    """In a child process: send fd 2 (where native libraries write) and Python's crash traces to the per-job log
+    the parent reads after a crash, and route Python logging there too."""
     if log_path:
-        # Native libraries write to fd 2; send it (and Python's crash traces) to a per-job log the parent reads.
         log_file = open(log_path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
         os.dup2(log_file.fileno(), 2)
         sys.stderr = open(2, "w", closefd=False, buffering=1)  # noqa: SIM115
         faulthandler.enable(file=log_file, all_threads=True)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+
+
+def _child_main(conn: Connection, target: str, kwargs: dict[str, Any], log_path: str | None) -> None:
+    """Entry point of the child process."""
+    setup_child_logging(log_path)
 
     send_lock = threading.Lock()
     cancel_seen = threading.Event()
