@@ -130,7 +130,6 @@ def gguf_meta(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 def gguf_tensor_bytes(path: Path, name: str) -> np.ndarray:
     """The stored bytes of one tensor of a GGUF file, found by walking the header."""
     import mmap
-    import struct
 
     import gguf
 

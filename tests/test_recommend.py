@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import pytest
 from quant_helpers import write_tiny_llama
 
 from desktop.evaluate import EvalResult

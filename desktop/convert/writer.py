@@ -22,7 +22,6 @@ import numpy as np
 from desktop.convert.architectures import PlannedTensor, architecture_for
 from desktop.convert.checkpoint import Checkpoint, inspect_checkpoint
 from desktop.convert.metadata import write_general
-from desktop.convert.safetensors import FLOAT_DTYPES
 from desktop.convert.vocab import load_vocab, write_vocab
 from desktop.errors import Cancelled, UserError
 from desktop.fileio import atomic_path
