@@ -376,7 +376,17 @@ class _Server:
                 return False
 
         self._keep.append(should_abort)
-        llama_cpp.llama_set_abort_callback(llm._ctx.ctx, should_abort, None)
+        self._abort_cb = should_abort
+        self._no_abort_cb = llama_cpp.ggml_abort_callback()  # NULL: no Python call per graph node
+
+    def _set_abortable(self, llm: Any, abortable: bool) -> None:
+        """The abort callback is a Python call on every graph node: worth it during a long prompt prefill (the only
+        decode that can take seconds), not during generation, where stop is checked between tokens anyway."""
+        import llama_cpp
+
+        llama_cpp.llama_set_abort_callback(
+            llm._ctx.ctx, self._abort_cb if abortable else self._no_abort_cb, None
+        )
 
     def _unload_request(self, request: Mapping[str, Any]) -> None:
         self._unload()
@@ -458,6 +468,7 @@ class _Server:
 
         self.send("prompt_started", {"request_id": request_id, "prompt_tokens": len(tokens), "dropped_messages": dropped})
         llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
+        self._set_abortable(llm, True)  # the generator's first step evaluates the prompt
         generator = llm.generate(
             tokens,
             temp=float(sampling.get("temperature", 0.8)),
@@ -471,6 +482,8 @@ class _Server:
                 finish = "stopped"
             else:
                 for token in generator:
+                    if not completion:
+                        self._set_abortable(llm, False)  # prompt done; single-token decodes from here on
                     if llama_cpp.llama_vocab_is_eog(vocab, token):
                         finish = "stop"
                         break
