@@ -72,9 +72,26 @@ def setup_child_logging(log_path: str | None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
 
 
-def _child_main(conn: Connection, target: str, kwargs: dict[str, Any], log_path: str | None) -> None:
-    """Entry point of the child process."""
+def _child_main(
+    conn: Connection, target: str | None, kwargs: dict[str, Any], log_path: str | None, preload: tuple[str, ...] = ()
+) -> None:
+    """Entry point of the child process. A warm child (``target`` None) imports ``preload`` first and then waits
+    for its job, ``("job", target, kwargs)``, so its start-up overlaps the parent's own preparations."""
     setup_child_logging(log_path)
+    if target is None:
+        for module in preload:
+            try:
+                importlib.import_module(module)
+            except Exception:  # noqa: BLE001 - the job itself will import it again and report properly
+                logging.getLogger(__name__).exception("preloading %s failed", module)
+        try:
+            message = conn.recv()
+        except EOFError:
+            return  # the parent gave up on this child before assigning a job
+        if message[0] != "job":
+            return
+        target, kwargs = message[1], message[2]
+        assert target is not None
 
     send_lock = threading.Lock()
     cancel_seen = threading.Event()
@@ -143,7 +160,14 @@ def describe_exit(exitcode: int | None) -> str:
 class ChildProcess:
     """One job in one child process. Use :func:`run_in_child` unless you need the pieces."""
 
-    def __init__(self, target: str, kwargs: dict[str, Any] | None = None, *, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        target: str | None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        log_path: Path | None = None,
+        preload: tuple[str, ...] = (),
+    ) -> None:
         self.target = target
         self.kwargs = kwargs or {}
         self.log_path = log_path
@@ -152,10 +176,26 @@ class ChildProcess:
         self._child_conn: Connection | None = child_conn
         self.process = ctx.Process(
             target=_child_main,
-            args=(child_conn, target, self.kwargs, str(log_path) if log_path else None),
+            args=(child_conn, target, self.kwargs, str(log_path) if log_path else None, preload),
             daemon=True,
-            name=f"quantdesk-{target.rsplit(':', 1)[-1]}",
+            name=f"quantdesk-{(target or 'warm').rsplit(':', 1)[-1]}",
         )
+
+    @classmethod
+    def warm(cls, preload: tuple[str, ...], log_name: str = "job") -> ChildProcess:
+        """Start a child now that imports ``preload`` and waits; give it its job with ``run_in_child(child=...)``.
+        Close it if the job never comes."""
+        from desktop import paths
+
+        log_path = paths.logs_dir() / f"job-{log_name}-{os.getpid()}-{time.time_ns()}.log"
+        child = cls(None, log_path=log_path, preload=preload)
+        child.start()
+        return child
+
+    def assign(self, target: str, kwargs: dict[str, Any]) -> None:
+        """Give a warm child its job."""
+        self.target, self.kwargs = target, kwargs
+        self._conn.send(("job", target, kwargs))
 
     @property
     def pid(self) -> int | None:
@@ -219,22 +259,29 @@ def run_in_child(
     grace_s: float = 2.0,
     log_path: Path | None = None,
     crash_next_step: str = "",
+    child: ChildProcess | None = None,
 ) -> Any:
     """Run ``target`` in a child process and return its result.
 
     Raises :class:`Cancelled` when the job was cancelled (the child stopped or was killed) and
     :class:`JobFailed` with a :class:`JobError` when it failed or crashed. ``cleanup`` paths are removed on
-    every outcome but success.
+    every outcome but success. ``child``: a warm child from :meth:`ChildProcess.warm` to run the job in.
     """
-    if log_path is None:
-        from desktop import paths
+    if child is None:
+        if log_path is None:
+            from desktop import paths
 
-        log_path = paths.logs_dir() / f"job-{target.rsplit(':', 1)[-1]}-{os.getpid()}-{time.time_ns()}.log"
-    child = ChildProcess(target, kwargs, log_path=log_path)
+            log_path = paths.logs_dir() / f"job-{target.rsplit(':', 1)[-1]}-{os.getpid()}-{time.time_ns()}.log"
+        child = ChildProcess(target, kwargs, log_path=log_path)
+    else:
+        log_path = child.log_path
     succeeded = False
     cancel_deadline: float | None = None
     try:
-        child.start()
+        if child.target is None and child.process.pid is not None:
+            child.assign(target, kwargs or {})
+        else:
+            child.start()
         while True:
             if cancel_deadline is None and cancelled is not None and cancelled():
                 child.send_cancel()

@@ -272,8 +272,10 @@ def quantize_one(
     progress: ProgressFn,
     cancelled: CancelledFn,
     grace_s: float = 0.5,
+    child: Any = None,
 ) -> QuantizeResult:
-    """Run one task in a child process; returns its result once the output has its final name."""
+    """Run one task in a child process (``child``: a warm one to use); returns its result once the output has its
+    final name."""
     from desktop.process import run_in_child
 
     options = options or QuantizeOptions()
@@ -294,6 +296,7 @@ def quantize_one(
             cleanup=[partial],
             grace_s=grace_s,
             crash_next_step="Retry; if it crashes again, the log has the details.",
+            child=child,
         )
     except BaseException:
         remove_quietly(partial)
@@ -328,7 +331,15 @@ def quantize_many(
     :class:`~desktop.jobs.JobFailed` when llama.cpp fails.
     """
     options = options or QuantizeOptions()
-    tasks = plan_quantization(source, types, out_dir, options)
+    from desktop.process import ChildProcess
+
+    # The first child starts now and imports llama.cpp while the plan reads the source's header.
+    warm = ChildProcess.warm(("llama_cpp", "desktop.quantize"), log_name="quantize")
+    try:
+        tasks = plan_quantization(source, types, out_dir, options)
+    except BaseException:
+        warm.close()
+        raise
     total = sum(t.n_tensors for t in tasks)
     results: list[QuantizeResult] = []
     done_before = 0
@@ -346,7 +357,7 @@ def quantize_many(
             progress(_before + done, total, f"{_label} {message}{suffix}")
 
         progress(done_before, total, f"{label} starting")
-        result = quantize_one(task, options, progress=relay, cancelled=cancelled)
+        result = quantize_one(task, options, progress=relay, cancelled=cancelled, child=warm if index == 1 else None)
         done_before += task.n_tensors
         work_done += task.predicted_bytes
         results.append(result)

@@ -105,3 +105,22 @@ def test_describe_exit_names_signals_and_windows_codes() -> None:
     assert "SIGKILL" in describe_exit(-signal.SIGKILL)
     assert describe_exit(0xC0000005) == "an access violation (exit code 0xc0000005)"
     assert describe_exit(2) == "exit code 2"
+
+
+def test_a_warm_child_runs_the_job_it_is_given_later() -> None:
+    from desktop.process import ChildProcess
+
+    warm = ChildProcess.warm(("json",))
+    assert warm.process.is_alive() and warm.target is None
+    seen: list[str] = []
+    assert run_in_child("child_jobs:count", {"n": 3}, progress=lambda d, t, m: seen.append(m), child=warm) == 30
+    assert seen == ["step 1", "step 2", "step 3"]
+    assert live_children() == []
+
+
+def test_a_warm_child_that_never_gets_a_job_is_closed() -> None:
+    from desktop.process import ChildProcess
+
+    warm = ChildProcess.warm(("json",))
+    warm.close()
+    assert not warm.process.is_alive() and live_children() == []
