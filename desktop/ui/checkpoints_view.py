@@ -97,6 +97,7 @@ class CheckpointsView(QWidget):
         )
         if skipped:
             text += f" Not listed: {'; '.join(skipped)}"
+        self.table.setVisible(bool(entries))  # an empty table would only take room from the GGUF list
         self.status.setText(text)
         self._update_buttons()
 
