@@ -10,11 +10,11 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from desktop import paths
+from desktop.db import transaction
 from desktop.gguf_info import read_gguf
 
 SCHEMA = """
@@ -93,15 +93,8 @@ class Library:
         with self._connect() as db:
             db.executescript(SCHEMA)
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=10)
-        try:
-            db.execute("PRAGMA foreign_keys = ON")
-            with db:
-                yield db
-        finally:
-            db.close()
+    def _connect(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.db_path)
 
     def add_file(
         self,

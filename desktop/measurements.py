@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 from desktop import paths
+from desktop.db import transaction
 from desktop.evaluate import EvalResult
 
 SCHEMA = """
@@ -49,14 +49,8 @@ class MeasurementStore:
         with self._connect() as db:
             db.executescript(SCHEMA)
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=10)
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
+    def _connect(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.db_path)
 
     def save(self, result: EvalResult) -> None:
         """Store ``result``, replacing an earlier one for the same file, text, context and base."""
