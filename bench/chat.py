@@ -70,7 +70,7 @@ def bare_run(llm: object, tokens: list[int], n_tokens: int) -> tuple[int, float,
 
 
 def engine_run(engine: object, messages: list[dict[str, str]], n_tokens: int) -> tuple[int, float, float]:
-    from desktop.engine import Sampling
+    from desktop.chat.engine import Sampling
 
     stamps: list[float] = []
     sampling = Sampling(temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, max_tokens=n_tokens)
@@ -88,9 +88,9 @@ def gui_stall(model: Path, n_tokens: int, threads: int, ctx: int, idle_s: float 
     from PySide6.QtWidgets import QApplication
 
     from desktop.demo_model import DEMO_SOURCE
-    from desktop.gguf_info import read_gguf
+    from desktop.gguf.reader import read_gguf
     from desktop.library import ModelEntry
-    from desktop.ui.chat_page import ChatPage
+    from desktop.ui.chat.page import ChatPage
     from desktop.workers import JobManager
 
     app = QApplication.instance() or QApplication(["bench"])
@@ -212,9 +212,9 @@ def engine_against_bare(args: argparse.Namespace, model: Path) -> dict[str, obje
     """Generation speed through the engine against the bare llama-cpp-python loop, alternating pairs."""
     import llama_cpp
 
-    from desktop.chat_templates import choose_template, render
-    from desktop.engine import Engine, LoadOptions
-    from desktop.engine_child import _patched_model_params
+    from desktop.chat.templates import choose_template, render
+    from desktop.chat.engine import Engine, LoadOptions
+    from desktop.chat.engine_child import _patched_model_params
 
     messages = [{"role": "user", "content": PROMPT}]
 

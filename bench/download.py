@@ -76,7 +76,7 @@ def client(mode: str, endpoint: str, cache: str, files: list[str]) -> None:
     # Imports happen before the clock starts: the comparison is of the download paths, not of start-up.
     from huggingface_hub import snapshot_download
 
-    from desktop.hub_download import download
+    from desktop.hub.download import download
 
     started = time.perf_counter()
     if mode == "reference":

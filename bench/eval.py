@@ -3,7 +3,7 @@
 Both sides score the same model on the same text at the same context with the same threads, each in a fresh
 process (so peak RSS is each side's own): the bare loop tokenizes, decodes each chunk in one batch with logits for
 the second half, and takes ``-log_softmax`` of the next token with numpy; QuantDesk runs
-:func:`desktop.evaluate.evaluate` without a base (perplexity plus its speed measurements: the prompt timing is
+:func:`desktop.eval.evaluate.evaluate` without a base (perplexity plus its speed measurements: the prompt timing is
 free, generation adds ``--gen-tokens`` single-token decodes). Runs alternate (ours, bare); the ratio reported is
 the median of the per-pair ratios, robust to load from other programs.
 
@@ -44,8 +44,8 @@ def bare(model: str, ctx: int, chunks: int, threads: int) -> dict[str, float]:
     import llama_cpp
     import numpy as np
 
-    from desktop.evaluate import load_text
-    from desktop.evaluate_llama import quiet_llama
+    from desktop.eval.evaluate import load_text
+    from desktop.eval.llama_eval import quiet_llama
 
     quiet_llama()
     started = time.perf_counter()
@@ -88,7 +88,7 @@ def bare(model: str, ctx: int, chunks: int, threads: int) -> dict[str, float]:
 
 
 def ours(model: str, ctx: int, chunks: int, threads: int, gen_tokens: int) -> dict[str, float]:
-    from desktop.evaluate import evaluate
+    from desktop.eval.evaluate import evaluate
 
     started = time.perf_counter()
     result = evaluate(model, n_ctx=ctx, max_chunks=chunks, threads=threads, gen_tokens=gen_tokens)
@@ -115,7 +115,7 @@ def main() -> int:
     parser.add_argument("--side", choices=("ours", "bare"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.threads:
-        from desktop.evaluate_llama import default_threads
+        from desktop.eval.llama_eval import default_threads
 
         args.threads = default_threads()
     if args.side:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def bare(source: Path, out: Path, type_name: str, threads: int) -> float:
     import llama_cpp
 
-    from desktop.quant_types import by_name
+    from desktop.quant.types import by_name
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = by_name(type_name).ftype
@@ -37,7 +37,7 @@ def bare(source: Path, out: Path, type_name: str, threads: int) -> float:
 
 
 def app(source: Path, out_dir: Path, type_name: str, threads: int) -> tuple[float, int]:
-    from desktop.quantize import QuantizeOptions, quantize_many
+    from desktop.quant.quantize import QuantizeOptions, quantize_many
 
     messages = [0]
 

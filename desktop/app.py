@@ -49,7 +49,7 @@ def selfcheck() -> dict[str, object]:
     apply_theme(app)  # type: ignore[arg-type]
     window = MainWindow(start_background=False)
     icon = QImage(str(resources.path("icons/chat.svg")))  # needs Qt's SVG image plugin
-    report = run_in_child("desktop.hardware:report_job")  # a child process of this very executable
+    report = run_in_child("desktop.hardware.report:report_job")  # a child process of this very executable
     checks = {
         "resources": resources.path("style.qss").is_file(),
         "svg_plugin": not icon.isNull(),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from desktop import paths
+from desktop import settings
 from desktop.errors import Cancelled, UserError
 from desktop.fileio import atomic_path
 from desktop.jobs import CancelledFn, ProgressFn
@@ -27,7 +27,7 @@ def _package():  # type: ignore[no-untyped-def]
 
 
 def demo_model_path() -> Path:
-    return paths.models_dir() / _package().MODEL_NAME
+    return settings.models_dir() / _package().MODEL_NAME
 
 
 def _chunks() -> list[Path]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from desktop import paths
 from desktop.db import transaction
-from desktop.gguf_info import read_gguf
+from desktop.gguf.reader import read_gguf
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -155,7 +155,7 @@ class Library:
             row = db.execute("SELECT path FROM models WHERE id = ?", (model_id,)).fetchone()
             db.execute("DELETE FROM models WHERE id = ?", (model_id,))
         if row and delete_file:
-            from desktop.gguf_info import shard_paths
+            from desktop.gguf.reader import shard_paths
 
             for shard in shard_paths(Path(row[0])):
                 with contextlib.suppress(FileNotFoundError):
@@ -211,7 +211,7 @@ class Library:
         """List every convertible checkpoint in the Hugging Face cache (offline); returns sentences for the
         snapshots that cannot be converted, so the page can say why they are missing."""
         from desktop.errors import UserError
-        from desktop.hub_search import cached_repos
+        from desktop.hub.search import cached_repos
 
         skipped = []
         for repo in cached_repos():

@@ -26,16 +26,6 @@ def default_models_dir() -> Path:
     return data_dir() / "models"
 
 
-def models_dir() -> Path:
-    """The folder GGUF outputs go to: the user's choice from settings, else the default."""
-    from desktop.settings import load_settings
-
-    chosen = load_settings().models_dir
-    path = Path(chosen) if chosen else default_models_dir()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def database_path() -> Path:
     return data_dir() / "quantdesk.sqlite3"
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from desktop import paths
 from desktop.fileio import write_text_atomic
@@ -40,3 +41,11 @@ def load_settings() -> Settings:
 
 def save_settings(settings: Settings) -> None:
     write_text_atomic(paths.settings_path(), json.dumps(dataclasses.asdict(settings), indent=2))
+
+
+def models_dir() -> Path:
+    """The folder GGUF outputs go to: the user's choice from settings, else the default."""
+    chosen = load_settings().models_dir
+    path = Path(chosen) if chosen else paths.default_models_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from desktop.gguf_info import GGUFInfo
+    from desktop.gguf.reader import GGUFInfo
 
 SHARED_HOME = Path(tempfile.gettempdir()) / "quantdesk-test-demo-model"
 
@@ -36,6 +36,6 @@ def demo_model_path() -> Path:
 @functools.lru_cache(maxsize=1)
 def demo_model_info() -> GGUFInfo:
     """The demo GGUF's header, read once per test session (gguf-py parses its 262k-token vocabulary slowly)."""
-    from desktop.gguf_info import read_gguf
+    from desktop.gguf.reader import read_gguf
 
     return read_gguf(demo_model_path())

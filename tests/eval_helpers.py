@@ -28,8 +28,8 @@ def quantize_file(source: Path, target: Path, type_name: str, threads: int = 2) 
     """``llama_model_quantize`` in this process, requantizing allowed."""
     import llama_cpp
 
-    from desktop import quant_types
-    from desktop.evaluate_llama import quiet_llama
+    from desktop.quant import types as quant_types
+    from desktop.eval.llama_eval import quiet_llama
 
     quiet_llama()
     params = llama_cpp.llama_model_quantize_default_params()
@@ -93,7 +93,7 @@ def reference_metrics(base: Path, models: dict[str, Path], text: str, n_ctx: int
     """PPL of the base and of each model, and each model's exact KLD and top-1 agreement against the base."""
     import llama_cpp
 
-    from desktop.evaluate_llama import quiet_llama
+    from desktop.eval.llama_eval import quiet_llama
 
     quiet_llama()
     names = ["base", *models]

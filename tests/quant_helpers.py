@@ -211,7 +211,7 @@ def llama_dry_run_types(source: Path, type_name: str, *, imatrix: Path | None = 
 
     import llama_cpp
 
-    from desktop.quantize import build_params
+    from desktop.quant.quantize import build_params
 
     lines: list[str] = []
     buffer = [""]
@@ -328,7 +328,7 @@ def demo_f16_path() -> Path:
     """The demo model turned back into F16 by QuantDesk's own quantizer (allow requantize), cached across runs."""
     import os
 
-    from desktop.quantize import QuantizeOptions, quantize_many
+    from desktop.quant.quantize import QuantizeOptions, quantize_many
 
     source = demo_q4_path()
     target = CACHE / "f16" / "gemma-3-270m-F16.gguf"

@@ -11,13 +11,14 @@ import pytest
 from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
-from desktop import hardware, paths
-from desktop.conversations import ConversationStore
+from desktop import paths
+from desktop.hardware import report as hardware
+from desktop.chat.conversations import ConversationStore
 from desktop.demo_model import DEMO_SOURCE
-from desktop.engine import ReplyMetrics
+from desktop.chat.engine import ReplyMetrics
 from desktop.library import Library
 from desktop.process import live_children
-from desktop.ui.chat_page import ChatPage
+from desktop.ui.chat.page import ChatPage
 from desktop.workers import JobManager
 
 from engine_helpers import demo_model_path  # noqa: E402 - tests/ is on sys.path under pytest

@@ -12,15 +12,16 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 from pytestqt.qtbot import QtBot
 
-from desktop import hardware, paths
-from desktop.conversations import ConversationStore
+from desktop import paths
+from desktop.hardware import report as hardware
+from desktop.chat.conversations import ConversationStore
 from desktop.demo_model import DEMO_SOURCE
-from desktop.engine import EngineEvent
+from desktop.chat.engine import EngineEvent
 from desktop.library import Library
-from desktop.offload import GiB
-from desktop.ui.chat_graph import SpeedGraph, token_rates
-from desktop.ui.chat_page import ChatPage
-from desktop.ui.chat_transcript import MessageBubble, Segment, split_markdown
+from desktop.memory.offload import GiB
+from desktop.ui.chat.graph import SpeedGraph, token_rates
+from desktop.ui.chat.page import ChatPage
+from desktop.ui.chat.transcript import MessageBubble, Segment, split_markdown
 from desktop.workers import JobManager
 from desktop.workers.engine_worker import EngineWorker
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from desktop import chat_templates as ct
-from desktop.engine_child import StopMatcher, fit_messages, memory_report, nvml_delta, nvml_used_bytes, parse_buffer_sizes
+from desktop.chat import templates as ct
+from desktop.chat.engine_child import StopMatcher, fit_messages, memory_report, nvml_delta, nvml_used_bytes, parse_buffer_sizes
 from desktop.errors import UserError
 
 CONVERSATION = [

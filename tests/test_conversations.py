@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from desktop.conversations import ConversationStore
+from desktop.chat.conversations import ConversationStore
 from desktop.errors import UserError
 
 

@@ -121,7 +121,7 @@ def max_relative_error(got: np.ndarray, expected: np.ndarray, absmax: np.ndarray
 def gguf_meta(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """Metadata (long arrays skipped) and {tensor name: ggml type name}, without decoding the token list
     (gguf's GGUFReader takes tens of seconds on a 262k vocabulary)."""
-    from desktop.gguf_info import read_gguf
+    from desktop.gguf.reader import read_gguf
 
     info = read_gguf(path)
     return info.metadata, {t.name: t.ggml_type for t in info.tensors}
@@ -133,7 +133,7 @@ def gguf_tensor_bytes(path: Path, name: str) -> np.ndarray:
 
     import gguf
 
-    from desktop.gguf_info import _Cursor
+    from desktop.gguf.reader import _Cursor
 
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         cur = _Cursor(buf, path.name)

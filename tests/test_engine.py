@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from desktop import offload, process
-from desktop.engine import SAFE_MODE_STEP, Engine, EngineEvent, LoadOptions, Sampling
-from desktop.gguf_info import GGUFInfo
+from desktop import process
+from desktop.memory import offload
+from desktop.chat.engine import SAFE_MODE_STEP, Engine, EngineEvent, LoadOptions, Sampling
+from desktop.gguf.reader import GGUFInfo
 from desktop.jobs import JobFailed
 
 from engine_helpers import demo_model_info, demo_model_path  # noqa: E402 - tests/ is on sys.path under pytest
@@ -103,7 +104,7 @@ def _prompt_length(model: Path, info: GGUFInfo, messages: list[dict[str, str]]) 
     """Tokenize the prompt independently: the GGUF's template rendered here, a vocabulary-only llama.cpp model."""
     import llama_cpp
 
-    from desktop.chat_templates import choose_template, render
+    from desktop.chat.templates import choose_template, render
 
     vocab_only = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
     try:

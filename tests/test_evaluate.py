@@ -15,8 +15,8 @@ from eval_helpers import LADDER, make_ladder, reference_metrics
 
 from desktop import resources
 from desktop.errors import Cancelled, UserError
-from desktop.evaluate import EvalResult, base_cache_path, evaluate, load_text
-from desktop.evaluate_math import BaseLogProbs
+from desktop.eval.evaluate import EvalResult, base_cache_path, evaluate, load_text
+from desktop.eval.metrics import BaseLogProbs
 
 N_CTX = 256
 CHUNKS = 2

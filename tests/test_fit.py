@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from desktop.fit import (
+from desktop.memory.fit import (
     GPU_HEADROOM_BYTES,
     RAM_HEADROOM_BYTES,
     AttentionShape,

@@ -9,7 +9,7 @@ import sys
 import psutil
 
 import fake_nvml
-from desktop.hardware import (
+from desktop.hardware.report import (
     UsageSampler,
     collect_nvidia,
     collect_report,

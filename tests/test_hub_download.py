@@ -20,8 +20,8 @@ from mockhub import (  # noqa: F401 - fixtures
 )
 
 from desktop.errors import Cancelled, UserError
-from desktop.hub_search import cached_repos
-from desktop.hub_download import DownloadResult, download
+from desktop.hub.search import cached_repos
+from desktop.hub.download import DownloadResult, download
 
 pytestmark = pytest.mark.usefixtures("memory_keyring")
 
@@ -175,8 +175,8 @@ def test_failure_keeps_finished_files_and_retry_says_so(mock_hub: MockHub) -> No
 
 def test_401_then_a_token_from_the_keyring(mock_hub: MockHub, memory_keyring, caplog: pytest.LogCaptureFixture,  # noqa: F811
                                            capsys: pytest.CaptureFixture[str], isolated_home: Path) -> None:
-    from desktop import tokens
-    from desktop.hub_errors import TOKEN_KINDS
+    from desktop.hub import tokens
+    from desktop.hub.errors import TOKEN_KINDS
 
     secret = "hf_mock_secret_token_0123456789"
     mock_hub.add_token(secret)

@@ -17,9 +17,10 @@ from mockhub import (  # noqa: F401 - fixtures
 )
 
 from desktop.errors import UserError
-from desktop.fit import MachineMemory
-from desktop.hub import RepoReport, fit_rows, inspect_repo
-from desktop.hub_search import cached_repos, search_models
+from desktop.memory.fit import MachineMemory
+from desktop.hub.inspect import inspect_repo
+from desktop.hub.repo import RepoReport, fit_rows
+from desktop.hub.search import cached_repos, search_models
 
 pytestmark = pytest.mark.usefixtures("memory_keyring")
 
@@ -146,7 +147,7 @@ def test_unknown_repo_revision_and_server_errors(mock_hub: MockHub) -> None:  # 
 
 
 def test_gated_repo_wants_a_token_then_works(mock_hub: MockHub) -> None:  # noqa: F811
-    from desktop import tokens
+    from desktop.hub import tokens
 
     mock_hub.add_repo("org/gated", checkpoint_files(), gated=True, granted={"hf_granted_token_1"})
     mock_hub.add_token("hf_granted_token_1")
@@ -170,7 +171,7 @@ def test_timeout_is_a_sentence(mock_hub: MockHub) -> None:  # noqa: F811
 
 
 def test_offline_inspect_uses_the_cache(mock_hub: MockHub, tmp_path: Path) -> None:  # noqa: F811
-    from desktop.hub_download import download
+    from desktop.hub.download import download
 
     mock_hub.add_repo("org/tiny-GGUF", gguf_files(tmp_path, "tiny-Q4_K_M", "Q4_K_M", shards=2), tags=["gguf"])
     download(progress=lambda *a: None, cancelled=lambda: False, repo="org/tiny-GGUF")
@@ -226,7 +227,7 @@ def test_cli_inspect_json(mock_hub: MockHub, capsys: pytest.CaptureFixture[str])
 
 def test_inspect_agrees_with_the_converter_on_architectures() -> None:
     from desktop.convert.checkpoint import SUPPORTED
-    from desktop.hub_inspect import _FALLBACK_ARCHITECTURES, convertible_architectures
+    from desktop.hub.inspect import _FALLBACK_ARCHITECTURES, convertible_architectures
 
     mapping, sentence = convertible_architectures()
     assert set(mapping) == set(SUPPORTED) == set(_FALLBACK_ARCHITECTURES)

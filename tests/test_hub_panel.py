@@ -13,15 +13,15 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication, QDialogButtonBox
 from pytestqt.qtbot import QtBot
 
-from desktop.fit import GPU_HEADROOM_BYTES
-from desktop.hardware import CpuInfo, GpuInfo, HardwareReport, LlamaBuild, MemoryInfo
+from desktop.memory.fit import GPU_HEADROOM_BYTES
+from desktop.hardware.report import CpuInfo, GpuInfo, HardwareReport, LlamaBuild, MemoryInfo
 from desktop.jobs import format_bytes
-from desktop.ui.hub_fit_table import VERDICT_COLOR
-from desktop.ui.hub_panel import HubPanel
-from desktop.ui.hub_search_view import OFFLINE_SENTENCE
-from desktop.ui.hub_token_dialog import TokenDialog
+from desktop.ui.models.hub_fit_table import VERDICT_COLOR
+from desktop.ui.models.hub_panel import HubPanel
+from desktop.ui.models.hub_search_view import OFFLINE_SENTENCE
+from desktop.ui.models.hub_token_dialog import TokenDialog
 from desktop.ui.jobs_panel import JobsPanel
-from desktop.ui.models_page import LIBRARY_TAB, ModelsPage
+from desktop.ui.models.page import LIBRARY_TAB, ModelsPage
 from desktop.workers import JobManager
 
 GB = 1000**3
@@ -193,7 +193,7 @@ def test_cancel_leaves_no_partial_file_and_retry_keeps_the_finished_ones(
 def test_401_asks_for_a_token_then_the_download_succeeds(
     mock_hub: MockHub, qtbot: QtBot, page: ModelsPage, memory_keyring, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
 ) -> None:
-    from desktop import tokens
+    from desktop.hub import tokens
 
     secret = "hf_mock_secret_token_0123456789"
     mock_hub.add_token(secret)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from mockhub import MockHub, memory_keyring, mock_hub  # noqa: F401 - fixtures
 
-from desktop import tokens
+from desktop.hub import tokens
 from desktop.errors import UserError
-from desktop.hub import parse_repo_ref
-from desktop.hub_gguf import group_gguf_files, quant_from_name
+from desktop.hub.repo import parse_repo_ref
+from desktop.gguf.remote import group_gguf_files, quant_from_name
 
 pytestmark = pytest.mark.usefixtures("memory_keyring")
 
@@ -40,8 +40,8 @@ def test_explicit_revision_wins_over_url() -> None:
      "https://huggingface.co/datasets/org/data", "x" * 200],
 )
 def test_bad_input_is_refused_before_any_request(mock_hub: MockHub, text: str) -> None:  # noqa: F811
-    from desktop.hub import inspect_repo
-    from desktop.hub_download import download
+    from desktop.hub.inspect import inspect_repo
+    from desktop.hub.download import download
 
     for job in (inspect_repo, download):
         with pytest.raises(UserError) as info:
@@ -54,7 +54,7 @@ def test_bad_input_is_refused_before_any_request(mock_hub: MockHub, text: str) -
 
 @pytest.mark.parametrize("revision", ["../main", "a b", "/abs"])
 def test_bad_revision_is_refused(mock_hub: MockHub, revision: str) -> None:  # noqa: F811
-    from desktop.hub import inspect_repo
+    from desktop.hub.inspect import inspect_repo
 
     with pytest.raises(UserError) as info:
         inspect_repo(progress=lambda *a: None, cancelled=lambda: False, repo="org/model", revision=revision)

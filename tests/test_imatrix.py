@@ -14,7 +14,7 @@ import pytest
 from desktop import cli
 from desktop.errors import Cancelled, UserError
 from desktop.fileio import partial_path
-from desktop.imatrix import ImatrixData, compute_imatrix, default_calibration_text, load_imatrix, save_imatrix
+from desktop.quant.imatrix import ImatrixData, compute_imatrix, default_calibration_text, load_imatrix, save_imatrix
 from desktop.jobs import JobFailed
 from tests.quant_helpers import TINY_TEXT, loaded_model, tokenize, write_tiny_llama
 

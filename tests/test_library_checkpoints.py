@@ -10,7 +10,7 @@ from mockhub import MockHub, checkpoint_files
 from pytestqt.qtbot import QtBot
 
 from desktop.errors import UserError
-from desktop.hub_download import download
+from desktop.hub.download import download
 from desktop.library import Library
 from tests.test_convert_support import assemble
 
@@ -48,7 +48,7 @@ def test_cached_snapshots_are_listed_without_the_network(mock_hub: MockHub) -> N
 
 
 def test_models_page_lists_checkpoints_and_adds_folders(qtbot: QtBot, tmp_path: Path) -> None:
-    from desktop.ui.models_page import ModelsPage
+    from desktop.ui.models.page import ModelsPage
     from desktop.workers import JobManager
 
     page = ModelsPage(JobManager())

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from desktop.evaluate import EvalResult
-from desktop.measurements import MeasurementStore
+from desktop.eval.evaluate import EvalResult
+from desktop.eval.measurements import MeasurementStore
 
 
 def _result(model: Path, base: Path | None = None, **changes: object) -> EvalResult:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from desktop import offload
-from desktop.gguf_info import GGUFInfo, TensorInfo
-from desktop.offload import GiB, MiB, GpuBudget, HostBudget, PlanOptions
+from desktop.memory import offload
+from desktop.gguf.reader import GGUFInfo, TensorInfo
+from desktop.memory.offload import GiB, MiB, GpuBudget, HostBudget, PlanOptions
 
 LAYER_BYTES = 100 * MiB
 

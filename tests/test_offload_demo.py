@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from desktop import cli, offload
-from desktop.offload import GiB, MiB, GpuBudget, HostBudget, PlanOptions
+from desktop import cli
+from desktop.memory import offload
+from desktop.memory.offload import GiB, MiB, GpuBudget, HostBudget, PlanOptions
 
 from engine_helpers import demo_model_info  # noqa: E402 - tests/ is on sys.path under pytest
 

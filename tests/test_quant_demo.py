@@ -12,10 +12,10 @@ import pytest
 from desktop import process
 from desktop.errors import Cancelled
 from desktop.fileio import partial_path
-from desktop.imatrix import compute_imatrix, load_imatrix
-from desktop.quantize import QuantizeOptions, plan_quantization, quantize_many
+from desktop.quant.imatrix import compute_imatrix, load_imatrix
+from desktop.quant.quantize import QuantizeOptions, plan_quantization, quantize_many
 from desktop.resources import read_text
-from desktop.sizing import predict_size, tensors_from_gguf
+from desktop.quant.sizing import predict_size, tensors_from_gguf
 from tests.quant_helpers import demo_f16_path, demo_q4_path, kl_divergences
 
 LOW_BIT = "Q2_K"

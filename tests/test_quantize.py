@@ -9,11 +9,12 @@ from pathlib import Path
 import gguf
 import pytest
 
-from desktop import cli, quant_types
+from desktop import cli
+from desktop.quant import types as quant_types
 from desktop.errors import UserError
 from desktop.fileio import partial_path
 from desktop.jobs import JobFailed
-from desktop.quantize import (
+from desktop.quant.quantize import (
     QuantizeOptions,
     TensorLineParser,
     model_stem,
@@ -21,7 +22,7 @@ from desktop.quantize import (
     plan_quantization,
     quantize_many,
 )
-from desktop.sizing import predict_tensor_types, tensors_from_gguf
+from desktop.quant.sizing import predict_tensor_types, tensors_from_gguf
 from tests.quant_helpers import TINY_TEXT, greedy_generate, write_tiny_llama
 
 SPREAD = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "IQ4_XS"]
@@ -40,7 +41,7 @@ def tiny2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny2_imatrix(tiny2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from desktop.imatrix import compute_imatrix
+    from desktop.quant.imatrix import compute_imatrix
 
     folder = tmp_path_factory.mktemp("quant-imatrix")
     text = folder / "text.txt"
@@ -131,7 +132,7 @@ def test_a_type_that_needs_an_imatrix_is_refused_before_work_starts(tiny: Path, 
 
 def test_llama_cpp_itself_refuses_what_we_refuse(tiny: Path, tmp_path: Path) -> None:
     """Our refusal is not stricter than llama.cpp's: skipping the check, llama.cpp fails in the child too."""
-    from desktop.quantize import QuantizeTask, quantize_one
+    from desktop.quant.quantize import QuantizeTask, quantize_one
 
     quant = quant_types.by_name("Q2_K_S")
     task = QuantizeTask(tiny, quant, tmp_path / "tiny-Q2_K_S.gguf", 1, 75)

@@ -14,9 +14,9 @@ from desktop.errors import UserError
 from desktop.fileio import PARTIAL_SUFFIX
 from desktop.jobs import format_bytes
 from desktop.library import Library
-from desktop.quant_types import IMATRIX_REASON, QUANT_TYPES
-from desktop.sizing import predict_size, tensors_from_gguf
-from desktop.ui.quantize_page import QuantizePage
+from desktop.quant.types import IMATRIX_REASON, QUANT_TYPES
+from desktop.quant.sizing import predict_size, tensors_from_gguf
+from desktop.ui.quantize.page import QuantizePage
 from desktop.workers import JobManager, JobState
 from tests.quant_helpers import write_tiny_llama
 

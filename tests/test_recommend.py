@@ -7,8 +7,8 @@ from pathlib import Path
 
 from quant_helpers import write_tiny_llama
 
-from desktop.evaluate import EvalResult
-from desktop.recommend import Candidate, Limits, find_quant, select
+from desktop.eval.evaluate import EvalResult
+from desktop.eval.recommend import Candidate, Limits, find_quant, select
 
 MB = 1_000_000
 

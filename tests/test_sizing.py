@@ -8,9 +8,9 @@ from pathlib import Path
 import gguf
 import pytest
 
-from desktop import quant_types
+from desktop.quant import types as quant_types
 from desktop.errors import UserError
-from desktop.sizing import TensorSpec, predict_size, predict_tensor_types, tensors_from_gguf, tensors_needing_imatrix
+from desktop.quant.sizing import TensorSpec, predict_size, predict_tensor_types, tensors_from_gguf, tensors_needing_imatrix
 from tests.quant_helpers import llama_dry_run_types, write_tiny_llama
 
 
@@ -113,7 +113,7 @@ def test_needing_an_imatrix_is_known_per_model(tiny: Path) -> None:
 def test_size_of_an_f16_copy_is_predicted_to_the_byte(tiny: Path, tmp_path: Path) -> None:
     """F16 to F16 copies every tensor: the prediction must match llama.cpp's output byte for byte, header included
     (llama.cpp adds general.quantization_version, which gguf-py did not write)."""
-    from desktop.quantize import quantize_many
+    from desktop.quant.quantize import quantize_many
 
     [result] = quantize_many(tiny, ["F16"], tmp_path, progress=lambda *a: None, cancelled=lambda: False)
     assert result.bytes == predict_size(tensors_from_gguf(tiny), "F16") == result.predicted_bytes

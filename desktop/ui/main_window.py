@@ -9,12 +9,12 @@ from PySide6.QtWidgets import QHBoxLayout, QListWidget, QListWidgetItem, QMainWi
 from desktop import APP_NAME, paths, resources
 from desktop.demo_model import first_launch_job
 from desktop.jobs import JobError
-from desktop.ui.chat_page import ChatPage
-from desktop.ui.compare_page import ComparePage
-from desktop.ui.hardware_page import HardwarePage
+from desktop.ui.chat.page import ChatPage
+from desktop.ui.compare.page import ComparePage
+from desktop.ui.hardware.page import HardwarePage
 from desktop.ui.jobs_panel import JobsPanel
-from desktop.ui.models_page import ModelsPage
-from desktop.ui.quantize_page import QuantizePage
+from desktop.ui.models.page import ModelsPage
+from desktop.ui.quantize.page import QuantizePage
 from desktop.workers import Job, JobManager
 from desktop.workers.monitor import UsageMonitor
 

@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from desktop.engine import Engine, LoadOptions, Sampling
+    from desktop.chat.engine import Engine, LoadOptions, Sampling
     from desktop.settings import load_settings
 
     options = LoadOptions(

@@ -37,7 +37,7 @@ def progress_printer() -> object:
 
 
 def format_result(r: object) -> str:
-    from desktop.evaluate import EvalResult
+    from desktop.eval.evaluate import EvalResult
 
     assert isinstance(r, EvalResult)
     lines = [f"{r.quant_type}  {r.model_path}",
@@ -56,7 +56,7 @@ def format_result(r: object) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from desktop.evaluate import measure
+    from desktop.eval.measurements import measure
 
     result = measure(args.model, base_path=args.base, text_path=args.text, n_ctx=args.ctx, max_chunks=args.chunks,
                      threads=args.threads, force=args.force, progress=progress_printer(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from desktop.hardware import HardwareReport, collect_report
+from desktop.hardware.report import HardwareReport, collect_report
 from desktop.jobs import format_bytes
 
 

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace) -> int:
-    from desktop.imatrix import compute_imatrix
+    from desktop.quant.imatrix import compute_imatrix
 
     model = Path(args.model)
     out = Path(args.output) if args.output else model.with_name(model.name.removesuffix(".gguf") + ".imatrix.gguf")

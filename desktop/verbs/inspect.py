@@ -26,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace) -> int:
-    from desktop.fit import machine_memory
-    from desktop.hub import fit_rows, inspect_repo
+    from desktop.memory.fit import machine_memory
+    from desktop.hub.repo import fit_rows, inspect_repo
 
     if args.context <= 0:
         from desktop.errors import UserError
@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_report(report: Any, rows: list[Any], context: int, memory: Any) -> str:
-    from desktop.gguf_info import format_parameters
-    from desktop.hub import describe
+    from desktop.gguf.reader import format_parameters
+    from desktop.hub.repo import describe
 
     lines = [f"{report.repo_id}  (revision {report.revision}, commit {report.sha[:10]})", describe(report)]
     if report.kind == "unsupported":

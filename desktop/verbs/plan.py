@@ -7,7 +7,7 @@ import json
 import logging
 from typing import Any
 
-from desktop import offload
+from desktop.memory import offload
 from desktop.jobs import format_bytes
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
 def detected_budgets() -> tuple[list[offload.GpuBudget], offload.HostBudget]:
     """This machine's GPUs and free RAM; with no hardware report available, the host alone."""
     try:
-        from desktop.hardware import collect_report
+        from desktop.hardware.report import collect_report
 
         return offload.budgets_from_hardware(collect_report())
     except Exception as exc:  # noqa: BLE001 - detection is best effort; the plan still works for the CPU
@@ -51,7 +51,7 @@ def detected_budgets() -> tuple[list[offload.GpuBudget], offload.HostBudget]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from desktop.gguf_info import read_gguf
+    from desktop.gguf.reader import read_gguf
 
     info = read_gguf(args.model)
     shape = offload.model_shape(info)

@@ -49,7 +49,7 @@ class _Printer:
 
 
 def _ask_token(error: UserError) -> str | None:
-    from desktop import tokens
+    from desktop.hub import tokens
 
     if not sys.stdin.isatty():
         return None
@@ -66,8 +66,8 @@ def _ask_token(error: UserError) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from desktop.hub_download import download
-    from desktop.hub_errors import TOKEN_KINDS
+    from desktop.hub.download import download
+    from desktop.hub.errors import TOKEN_KINDS
 
     printer = _Printer(args.json)
     kwargs: dict[str, Any] = {"repo": args.repo, "revision": args.revision, "file": args.file}

@@ -9,7 +9,7 @@ from desktop.jobs import format_bytes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from desktop.quant_types import QUANT_TYPES
+    from desktop.quant.types import QUANT_TYPES
 
     types = "\n".join(
         f"  {t.name:<9} {t.bpw:5.2f} bpw  {t.description}{'  [needs --imatrix]' if t.needs_imatrix else ''}"
@@ -51,7 +51,7 @@ def _overrides(items: list[str]) -> tuple[tuple[str, str], ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from desktop.quantize import REQUANTIZE_WARNING, QuantizeOptions, plan_quantization, quantize_many
+    from desktop.quant.quantize import REQUANTIZE_WARNING, QuantizeOptions, plan_quantization, quantize_many
 
     options = QuantizeOptions(
         imatrix=args.imatrix,

@@ -22,7 +22,7 @@ def parse_size(text: str) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from desktop.recommend import DEFAULT_TYPES
+    from desktop.eval.recommend import DEFAULT_TYPES
 
     p = subparsers.add_parser(
         "recommend",
@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace) -> int:
-    from desktop.recommend import Limits, find_quant
+    from desktop.eval.recommend import Limits, find_quant
     from desktop.verbs.eval import progress_printer
 
     limits = Limits(max_memory_bytes=args.max_memory, max_kld=args.max_kld,

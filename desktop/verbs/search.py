@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace) -> int:
-    from desktop.hub_search import cached_repos, search_models
+    from desktop.hub.search import cached_repos, search_models
 
     if args.cached:
         repos = [r for r in cached_repos() if args.query.lower() in r.repo_id.lower()]

@@ -1,4 +1,4 @@
-"""The Qt bridge to the chat engine: owns an :class:`~desktop.engine.Engine` and turns its events into signals.
+"""The Qt bridge to the chat engine: owns an :class:`~desktop.chat.engine.Engine` and turns its events into signals.
 
 The engine's events arrive on its reader thread. Tokens are collected there and handed to the GUI thread in
 batches (at most one batch per :data:`FLUSH_S`, plus a timer that flushes a quiet tail), never one signal per
@@ -16,7 +16,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
 
-from desktop.engine import Engine, EngineEvent, LoadOptions, ReplyMetrics, Sampling
+from desktop.chat.engine import Engine, EngineEvent, LoadOptions, ReplyMetrics, Sampling
 from desktop.jobs import JobError
 
 log = logging.getLogger(__name__)

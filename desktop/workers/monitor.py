@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
-from desktop.hardware import UsageSampler
+from desktop.hardware.report import UsageSampler
 
 
 class _Sampler(QObject):
@@ -39,7 +39,7 @@ class _Sampler(QObject):
 
 
 class UsageMonitor(QObject):
-    """Owns the sampling thread. ``sig_sample`` carries a :class:`desktop.hardware.UsageSample`."""
+    """Owns the sampling thread. ``sig_sample`` carries a :class:`desktop.hardware.report.UsageSample`."""
 
     sig_sample = Signal(object)
     """A new usage sample, about once a second."""

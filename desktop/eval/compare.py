@@ -1,0 +1,250 @@
+"""What the Compare page shows, and the jobs that compute it. No Qt here: the jobs are plain functions taking
+``progress(done, total, message)`` and ``cancelled()``, so tests can call them without a display.
+
+* :func:`family` / :func:`pick_base`: which library entries are quants of which base (same architecture and
+  parameter count; the base is the highest-precision one).
+* :func:`load_job`: the stored measurements of a base and its quants (nothing is measured).
+* :func:`measure_job`: makes the missing quants, then measures the base and each quant through the store
+  (:func:`desktop.eval.measurements.measure`, in a child process; a result already stored comes back as it is).
+* :func:`fits_text`: whether a row fits at a context on this machine (an estimate, :mod:`desktop.memory.offload`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from desktop.memory import offload
+from desktop.quant import types as quant_types
+from desktop.errors import UserError
+from desktop.eval.evaluate import EvalResult
+from desktop.jobs import CancelledFn, ProgressFn, check_cancelled, format_bytes
+from desktop.library import ModelEntry
+
+LOADED_MESSAGE = "loaded stored results"
+"""The load job's last progress message: it read the store and measured nothing."""
+
+
+STATUS_CHARS = 90
+"""Progress messages are cut to this: the status area shows them on one line and cannot elide."""
+
+
+def one_line(progress: ProgressFn) -> ProgressFn:
+    def relay(done: float, total: float, message: str) -> None:
+        progress(done, total, message if len(message) <= STATUS_CHARS else message[: STATUS_CHARS - 1] + "…")
+
+    return relay
+
+
+def precision(entry: ModelEntry) -> float:
+    """Nominal bits per weight of an entry's type (unknown types count as 0)."""
+    try:
+        return quant_types.by_name(entry.quant_type).bpw
+    except (KeyError, UserError, ValueError):
+        return 0.0
+
+
+def family(entries: Sequence[ModelEntry], base: ModelEntry) -> list[ModelEntry]:
+    """The other entries with the base's architecture and parameter count, largest first."""
+    same = [e for e in entries if e.path != base.path and e.architecture == base.architecture
+            and e.parameters == base.parameters]
+    return sorted(same, key=lambda e: (-precision(e), -e.size_bytes, e.name))
+
+
+def pick_base(entries: Sequence[ModelEntry]) -> ModelEntry | None:
+    """The default base: the highest-precision entry of the family that has the most members (ties: newest)."""
+    if not entries:
+        return None
+    groups: dict[tuple[str, int], list[ModelEntry]] = {}
+    for e in entries:
+        groups.setdefault((e.architecture, e.parameters), []).append(e)
+    best = max(groups.values(), key=lambda g: (len(g), max(e.added_at for e in g)))
+    return max(best, key=lambda e: (precision(e), e.size_bytes))
+
+
+def is_calibration_text(path: Path | str, *, read: bool = True) -> bool:
+    """True when ``path`` is the bundled calibration text (or, with ``read``, a copy of it): measuring on the text
+    the importance matrix was computed from flatters the quants that used it."""
+    from desktop.quant.imatrix import default_calibration_text
+
+    calibration = default_calibration_text()
+    p = Path(path)
+    try:
+        if p.resolve() == calibration.resolve():
+            return True
+        return read and hashlib.sha256(p.read_bytes()).hexdigest() == hashlib.sha256(calibration.read_bytes()).hexdigest()
+    except OSError:
+        return False
+
+
+CALIBRATION_REFUSAL = ("That is the calibration text (used to compute importance matrices); measuring on it would "
+                       "flatter the quants made with it. Choose another text, or use the bundled evaluation text.")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One model in the table: a measured result (None until measured) and what the fit estimate needs."""
+
+    path: str
+    quant_type: str
+    size_bytes: int
+    parameters: int
+    is_base: bool
+    result: EvalResult | None
+    shape: offload.ModelShape | None
+
+    @property
+    def bits_per_weight(self) -> float | None:
+        return 8.0 * self.size_bytes / self.parameters if self.parameters else None
+
+
+@dataclass(frozen=True)
+class Request:
+    base: Path
+    quants: tuple[Path, ...]  # existing files, ticked
+    make: tuple[str, ...]  # types to make now
+    text_path: Path | None  # None: the bundled evaluation text
+    n_ctx: int
+    max_chunks: int
+    out_dir: Path
+
+
+def _shape(path: Path) -> offload.ModelShape | None:
+    from desktop.gguf.reader import read_gguf
+
+    try:
+        return offload.model_shape(read_gguf(path))
+    except (UserError, OSError, KeyError, ValueError):
+        return None
+
+
+def _row(path: Path, parameters: int, base: Path, result: EvalResult | None) -> Row:
+    from desktop.gguf.reader import read_gguf
+
+    info = read_gguf(path)
+    return Row(str(path), result.quant_type if result else info.quant_type, path.stat().st_size,
+               parameters or info.parameter_count, path.resolve() == base.resolve(), result, _shape(path))
+
+
+def load_job(base: Path, quants: Sequence[Path], parameters: int, *, progress: ProgressFn,
+             cancelled: CancelledFn) -> list[Row]:
+    """Rows for the base and its quants from the store: the newest measurement against this base, all taken on
+    the same text and context as the newest one (so the rows compare). Measures nothing."""
+    from desktop.eval.measurements import MeasurementStore
+
+    files = [base, *quants]
+    progress(0, 1, "reading stored results")
+    resolved = str(base.resolve())
+    stored = [r for r in MeasurementStore().results_for(files) if r.base_path == resolved]
+    newest: dict[str, EvalResult] = {}
+    if stored:
+        key = (stored[0].text_sha256, stored[0].n_ctx)  # results_for is newest first
+        for r in stored:
+            if (r.text_sha256, r.n_ctx) == key:
+                newest.setdefault(r.model_path, r)
+    rows = []
+    for path in files:
+        check_cancelled(cancelled)
+        result = newest.get(str(path.resolve()))
+        if result is not None:
+            rows.append(_row(path, parameters, base, result))
+    progress(1, 1, LOADED_MESSAGE)
+    return rows
+
+
+def measure_job(request: Request, parameters: int, *, progress: ProgressFn, cancelled: CancelledFn) -> list[Row]:
+    """Make the missing quants (one queue), then measure the base and each quant against it, through the store."""
+    from desktop.quant import quantize
+    from desktop.eval.measurements import measure
+
+    progress = one_line(progress)
+    if request.text_path is not None and is_calibration_text(request.text_path):
+        raise UserError(CALIBRATION_REFUSAL, kind="calibration_text")
+    made: list[Path] = []
+    steps = len(request.quants) + len(request.make) + 1 + (1 if request.make else 0)
+    step = 0
+    if request.make:
+        def relay(done: float, total: float, message: str) -> None:
+            progress(step + (done / total if total else 0), steps, f"making quants: {message}")
+
+        results = quantize.quantize_many(request.base, request.make, request.out_dir,
+                                         quantize.QuantizeOptions(), progress=relay, cancelled=cancelled)
+        made = [r.path for r in results]
+        step += 1
+    models = [request.base, *request.quants, *made]
+    rows = []
+    common: dict[str, Any] = {"base_path": request.base, "text_path": request.text_path, "n_ctx": request.n_ctx,
+                              "max_chunks": request.max_chunks}
+    for index, path in enumerate(models):
+        check_cancelled(cancelled)
+        label = "the base" if index == 0 else _type_label(Path(path))
+        label = f"measuring {label} ({index + 1}/{len(models)})"
+
+        def relay_eval(done: float, total: float, message: str, label: str = label, at: int = step) -> None:
+            progress(at + (done / total if total else 0), steps, f"{label}: {message}")
+
+        result = measure(path, progress=relay_eval, cancelled=cancelled, **common)
+        rows.append(_row(Path(path), parameters, request.base, result))
+        step += 1
+    progress(steps, steps, f"measured {len(models)} models")
+    return rows
+
+
+def _type_label(path: Path) -> str:
+    from desktop.quant.quantize import model_stem
+
+    tag = path.stem[len(model_stem(path)):].lstrip("-_.")
+    return tag or path.name
+
+
+def fits_text(shape: offload.ModelShape | None, n_ctx: int, report: Any | None) -> tuple[str, str]:
+    """(short verdict, sentence) for running the model at ``n_ctx`` on this machine: an estimate."""
+    if shape is None:
+        return "?", "The file's shape could not be read, so there is no estimate."
+    if report is not None:
+        llama = getattr(report, "llama", None)
+        usable = [g for g in getattr(report, "gpus", []) or []
+                  if getattr(llama, "supports_gpu_offload", False) or getattr(g, "unified_memory", False)]
+        import dataclasses
+
+        gpus, host = offload.budgets_from_hardware(dataclasses.replace(report, gpus=usable))
+    else:
+        import psutil
+
+        memory = psutil.virtual_memory()
+        gpus, host = [], offload.HostBudget(int(memory.available), int(memory.total))
+    plan = offload.plan_offload(shape, gpus=gpus, host=host, options=offload.PlanOptions(n_ctx=n_ctx))
+    need = "~" + format_bytes(plan.totals.total - plan.totals.margin)  # the margin is kept free, not used
+    short = {
+        "fits": f"GPU {need}",
+        "fits_partly": f"GPU {plan.n_gpu_layers}/{plan.total_layers} {need}",
+        "cpu_only": f"RAM {need}",
+        "does_not_fit": f"no: {need}",
+    }.get(plan.verdict, plan.verdict)
+    devices = [f"{d.name}: {'fits' if d.fits else 'does not fit'}, needs {format_bytes(d.need_bytes)} of "
+               f"{format_bytes(d.budget_bytes)}" for d in (*plan.gpus, plan.host)]
+    return short, f"Estimate at context {n_ctx}. {plan.message}\n" + "\n".join(devices)
+
+
+def provenance(result: EvalResult) -> str:
+    """The tooltip of every measured number: text, hardware and date."""
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(result.measured_at))
+    return f"{result.provenance()}, {when}"
+
+
+def find_job(base: Path, parameters: int, known: Sequence[Path] = (), *, progress: ProgressFn, cancelled: CancelledFn,
+             **kwargs: Any) -> tuple[Any, list[Row]]:
+    """:func:`desktop.eval.recommend.find_quant`, then the rows of what it measured (from the store) for the table."""
+    from desktop.eval.recommend import find_quant
+
+    # its last message is the whole recommendation: the page shows it in full, the status area one line of it
+    rec = find_quant(base, progress=one_line(progress), cancelled=cancelled, **kwargs)
+    candidates = [rec.chosen, *rec.runners_up, *(c for c, _ in rec.rejected)]
+    measured = [Path(c.path) for c in candidates if c is not None and c.result is not None]
+    known = [p for p in known if p.resolve() not in {m.resolve() for m in measured}]
+    rows = load_job(base, [*known, *measured], parameters, progress=lambda *a: None, cancelled=cancelled)
+    return rec, rows

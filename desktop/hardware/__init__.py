@@ -1,0 +1,1 @@
+"""Hardware: CPU, memory, GPUs, and what the installed llama.cpp can use."""

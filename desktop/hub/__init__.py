@@ -1,0 +1,1 @@
+"""Hugging Face: repo references, inspect, download, search, errors and the access token."""

@@ -1,0 +1,413 @@
+"""Build a :class:`~desktop.hub.repo.RepoReport` from a repo listing: classify it and read what fit needs.
+
+Checkpoints: ``config.json`` (architecture, attention shape) and the safetensors headers, fetched with Range
+requests (tensor names, shapes, dtypes: parameter count and the predicted size of each quant type through
+:func:`desktop.quant.sizing.predict_size`). GGUF repos: models grouped by shard, quant type from the file name (else
+from the header), hyperparameters from one model's header. Files already in the local cache are read there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from desktop.errors import UserError
+from desktop.memory.fit import attention_from_config, attention_from_gguf
+from desktop.hub.errors import hub_errors
+from desktop.hub.repo import (HubContext, QuantPrediction, RepoListing, RepoReport, describe, hub_context, list_repo,
+                              parse_repo_ref)
+from desktop.gguf.remote import GgufHeader, group_gguf_files, read_gguf_header
+from desktop.jobs import CancelledFn, ProgressFn, check_cancelled
+
+log = logging.getLogger(__name__)
+
+_FALLBACK_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "Gemma3ForCausalLM": "gemma3",
+    "Gemma3ForConditionalGeneration": "gemma3",
+    "Phi3ForCausalLM": "phi3",
+}
+"""Used only if :mod:`desktop.convert` cannot be imported; the converter's own table is the authority."""
+
+
+def convertible_architectures() -> tuple[dict[str, str], str]:
+    """(Hugging Face class -> llama.cpp architecture name, a sentence listing them) from the converter."""
+    try:
+        import gguf
+
+        from desktop.convert.architectures import GGUF_ARCH
+        from desktop.convert.checkpoint import SUPPORTED_SENTENCE
+
+        return {cls: gguf.MODEL_ARCH_NAMES[arch] for cls, arch in GGUF_ARCH.items()}, SUPPORTED_SENTENCE
+    except ImportError:  # pragma: no cover - the converter ships with the app
+        return dict(_FALLBACK_ARCHITECTURES), "Llama, Mistral, Qwen2, Qwen3, Gemma 3 and Phi-3"
+
+CONVERSION_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja",
+    "chat_template.json",
+)
+"""Besides the weights, what conversion to GGUF reads."""
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_QUANTIZED_METHODS = {
+    "gptq": "GPTQ", "awq": "AWQ", "fp8": "FP8", "compressed-tensors": "compressed-tensors", "bitsandbytes": "bitsandbytes",
+    "exl2": "EXL2", "hqq": "HQQ", "aqlm": "AQLM", "eetq": "EETQ", "quanto": "Quanto", "torchao": "torchao",
+    "mxfp4": "MXFP4", "fbgemm_fp8": "FP8",
+}
+_SKIPPED_TYPES = {"F32", "Q1_0", "Q2_0"}
+_SKIPPED_FAMILIES = {"ternary", "mxfp4"}
+_GGUF_NEXT = "Look for a GGUF version of this model, or for its original safetensors checkpoint."
+
+
+def _unsupported(report: RepoReport, reason: str, next_step: str = _GGUF_NEXT) -> RepoReport:
+    report.kind = "unsupported"
+    report.reason = reason
+    report.next_step = next_step
+    return report
+
+
+def classify_files(paths: list[str]) -> tuple[str, str, str]:
+    """("gguf" | "checkpoint" | "unsupported", reason, next step) from the file names alone."""
+    if any(p.lower().endswith(".gguf") for p in paths):
+        return "gguf", "", ""
+    if any(p.endswith(".safetensors") for p in paths):
+        if "config.json" not in paths:
+            return (
+                "unsupported",
+                "It has safetensors weights but no config.json, so the model's architecture is unknown.",
+                "Use the model's original repository, which has config.json, or a GGUF version.",
+            )
+        return "checkpoint", "", ""
+    pickles = [p for p in paths if p.lower().endswith(_PICKLE_SUFFIXES)]
+    if pickles:
+        return (
+            "unsupported",
+            f"Its weights are only in PyTorch pickle files ({Path(pickles[0]).name}), which QuantDesk never opens "
+            "because loading them can run arbitrary code.",
+            _GGUF_NEXT,
+        )
+    return "unsupported", "It has no model weights QuantDesk can use (no .safetensors or .gguf files).", _GGUF_NEXT
+
+
+def build_report(listing: RepoListing, ctx: HubContext, *, progress: ProgressFn, cancelled: CancelledFn) -> RepoReport:
+    report = RepoReport(listing.repo_id, listing.revision, listing.sha, "unsupported", list(listing.files),
+                        gated=listing.gated, private=listing.private, from_cache=listing.from_cache)
+    if listing.from_cache:
+        report.notes.append("Offline: this is what the local Hugging Face cache holds of the repository.")
+    kind, reason, next_step = classify_files([f.path for f in listing.files])
+    if kind == "gguf":
+        return _gguf_report(report, listing, ctx, progress, cancelled)
+    if kind == "checkpoint":
+        return _checkpoint_report(report, listing, ctx, progress, cancelled)
+    return _unsupported(report, reason, next_step)
+
+
+def quantized_checkpoint_reason(config: Any) -> str:
+    """The sentence refusing a checkpoint that is already quantized (GPTQ, AWQ, FP8...), or ""."""
+    if not isinstance(config, dict):
+        return ""
+    quant = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config")
+    if isinstance(quant, dict) and quant.get("quant_method"):
+        method = str(quant["quant_method"])
+        label = _QUANTIZED_METHODS.get(method.lower(), method)
+        return f"It is already quantized with {label}, a format llama.cpp cannot convert to GGUF."
+    return ""
+
+
+_QUANTIZED_NEXT = "Use the original, unquantized model (its page usually links it), or a GGUF version."
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading files: from the local snapshot when they are there, else from the Hub
+
+
+def _local(listing: RepoListing, ctx: HubContext, path: str) -> Path | None:
+    from desktop.hub.repo import storage_folder
+
+    candidate = storage_folder(ctx.cache_dir, listing.repo_id) / "snapshots" / listing.sha / path
+    return candidate if candidate.is_file() else None
+
+
+class _Silent:
+    """A progress bar that shows nothing (huggingface_hub's own bars would print to the terminal)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __enter__(self) -> _Silent:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def update(self, n: float | None = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def read_json(listing: RepoListing, ctx: HubContext, path: str) -> Any:
+    """A small JSON file of the repo, fetched into the cache (conversion needs it anyway) and parsed."""
+    local = _local(listing, ctx, path)
+    if local is None:
+        from huggingface_hub import hf_hub_download
+
+        local = Path(hf_hub_download(
+            listing.repo_id, path, revision=listing.sha, cache_dir=ctx.cache_dir, endpoint=ctx.endpoint,
+            token=ctx.token, etag_timeout=ctx.timeout, tqdm_class=_Silent,
+        ))
+    try:
+        return json.loads(local.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} in {listing.repo_id} is not valid JSON ({exc}).",
+                        "The repository looks broken; try another one.", kind="bad_repo") from exc
+
+
+def _range_fetcher(listing: RepoListing, ctx: HubContext, path: str) -> Callable[[int, int], bytes]:
+    local = _local(listing, ctx, path)
+    if local is not None:
+        def read_local(start: int, end: int) -> bytes:
+            with open(local, "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
+
+        return read_local
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    url = hf_hub_url(listing.repo_id, path, revision=listing.sha, endpoint=ctx.endpoint)
+    headers = build_hf_headers(token=ctx.token, library_name="quantdesk")
+
+    def fetch(start: int, end: int) -> bytes:
+        response = get_session().get(url, headers={**headers, "Range": f"bytes={start}-{end - 1}"},
+                                     timeout=ctx.timeout)
+        hf_raise_for_status(response)
+        data = response.content
+        return data[start:end] if response.status_code == 200 else data
+
+    return fetch
+
+
+def safetensors_header(listing: RepoListing, ctx: HubContext, path: str) -> dict[str, Any]:
+    """The JSON header of a safetensors file: ``{name: {"dtype", "shape", "data_offsets"}}``."""
+    fetch = _range_fetcher(listing, ctx, path)
+    size = listing.size_of(path)
+    first = fetch(0, min(size, 100_000) if size else 100_000)
+    if len(first) < 8:
+        raise UserError(f"{path} in {listing.repo_id} is not a safetensors file.", kind="bad_repo")
+    n = struct.unpack("<Q", first[:8])[0]
+    if n > 100_000_000 or (size and n + 8 > size):
+        raise UserError(f"{path} in {listing.repo_id} has a broken safetensors header.", kind="bad_repo")
+    raw = first[8 : 8 + n] if len(first) >= 8 + n else first[8:] + fetch(len(first), 8 + n)
+    try:
+        header = json.loads(raw)
+    except ValueError as exc:
+        raise UserError(f"{path} in {listing.repo_id} has a broken safetensors header.", kind="bad_repo") from exc
+    header.pop("__metadata__", None)
+    return dict(header)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def weight_files(listing: RepoListing, ctx: HubContext) -> tuple[list[str], str | None]:
+    paths = {f.path for f in listing.files}
+    index = "model.safetensors.index.json"
+    if index in paths:
+        weight_map = (read_json(listing, ctx, index) or {}).get("weight_map") or {}
+        shards = sorted(set(weight_map.values()))
+        if shards and all(s in paths for s in shards):
+            return shards, index
+    if "model.safetensors" in paths:
+        return ["model.safetensors"], None
+    root = sorted(p for p in paths if p.endswith(".safetensors") and "/" not in p)
+    plain = [p for p in root if not p.startswith("consolidated")]
+    return (plain or root), None
+
+
+def _checkpoint_report(report: RepoReport, listing: RepoListing, ctx: HubContext, progress: ProgressFn,
+                       cancelled: CancelledFn) -> RepoReport:
+    progress(0, 0, "Reading config.json...")
+    config = read_json(listing, ctx, "config.json")
+    if not isinstance(config, dict):
+        return _unsupported(report, "Its config.json does not describe a model.")
+    quantized = quantized_checkpoint_reason(config)
+    if quantized:
+        return _unsupported(report, quantized, _QUANTIZED_NEXT)
+    architectures = config.get("architectures") or []
+    report.architecture = str(architectures[0]) if architectures else str(config.get("model_type") or "")
+    architectures_map, supported_sentence = convertible_architectures()
+    report.gguf_arch = architectures_map.get(report.architecture, "")
+    report.attention = attention_from_config(config)
+    report.context_length = report.attention.n_ctx_train
+
+    shards, index = weight_files(listing, ctx)
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for i, path in enumerate(shards):
+        check_cancelled(cancelled)
+        progress(i, len(shards), f"Reading the tensor list of {path} ({i + 1} of {len(shards)})...")
+        for name, info in safetensors_header(listing, ctx, path).items():
+            tensors[name] = (str(info.get("dtype", "")), tuple(int(d) for d in info.get("shape", ())))
+    counts: Counter[str] = Counter()
+    for dtype, shape in tensors.values():
+        n = 1
+        for d in shape:
+            n *= d
+        counts[dtype] += n
+    report.parameter_count = sum(counts.values())
+    report.dtype = counts.most_common(1)[0][0] if counts else ""
+    if report.dtype.startswith("F8"):
+        return _unsupported(
+            report,
+            f"Its weights are stored in FP8 ({report.dtype}), which llama.cpp's conversion cannot read.",
+            "Use the BF16 or F16 version of this model, or a GGUF version.",
+        )
+    if not report.gguf_arch:
+        return _unsupported(
+            report,
+            f"QuantDesk cannot convert the {report.architecture or 'unknown'} architecture to GGUF yet; "
+            f"it converts {supported_sentence}.",
+            "Look for a GGUF version of this model (search with the GGUF filter).",
+        )
+    report.kind = "checkpoint"
+    present = {f.path for f in listing.files}
+    report.download_files = checkpoint_download_files(present, shards, index)
+    report.predictions = predict_quant_sizes(tensors, report.gguf_arch, report.attention.n_layers)
+    return report
+
+
+def checkpoint_download_files(present: set[str], shards: list[str], index: str | None) -> list[str]:
+    """What conversion needs: config, tokenizer and chat template files, the weight shards and their index."""
+    extra = [p for p in present if p.startswith("additional_chat_templates/")]
+    return sorted([p for p in CONVERSION_FILES if p in present] + shards + extra + ([index] if index else []))
+
+
+def gguf_tensor_specs(tensors: dict[str, tuple[str, tuple[int, ...]]], gguf_arch: str, n_layers: int) -> list[Any]:
+    """The checkpoint's tensors under their GGUF names, as :class:`desktop.quant.sizing.TensorSpec`; tensors the
+    converter drops (vision towers, rotary caches) are left out."""
+    import gguf
+
+    from desktop.quant.sizing import TensorSpec
+
+    arch = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}[gguf_arch]
+    name_map = gguf.get_tensor_name_map(arch, n_layers)
+    specs = []
+    for hf_name, (dtype, shape) in tensors.items():
+        if hf_name.endswith((".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")):
+            continue
+        name = hf_name
+        for prefix, replacement in (("model.language_model.", "model."), ("language_model.", "")):
+            if name.startswith(prefix):
+                name = replacement + name[len(prefix):]
+        mapped = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
+        if mapped is None:
+            continue
+        source = dtype if dtype in ("F32", "F16", "BF16") else "F16"
+        specs.append(TensorSpec(mapped, shape, source))
+    return specs
+
+
+def predict_quant_sizes(tensors: dict[str, tuple[str, tuple[int, ...]]], gguf_arch: str,
+                        n_layers: int) -> list[QuantPrediction]:
+    """The GGUF size of every worthwhile quant type of this checkpoint, largest first."""
+    from desktop.quant.types import QUANT_TYPES
+    from desktop.quant.sizing import predict_size
+
+    specs = gguf_tensor_specs(tensors, gguf_arch, n_layers)
+    n_params = sum(s.n_elements for s in specs) or 1
+    predictions = []
+    for qt in QUANT_TYPES:
+        if qt.name in _SKIPPED_TYPES or qt.family in _SKIPPED_FAMILIES:
+            continue
+        try:
+            size = predict_size(specs, qt.name, arch=gguf_arch, hparams={"n_layer": n_layers})
+        except (UserError, KeyError, ValueError) as exc:
+            log.info("no size prediction for %s: %s", qt.name, exc)
+            continue
+        predictions.append(QuantPrediction(qt.name, int(size), round(size * 8 / n_params, 2), qt.needs_imatrix,
+                                           qt.description))
+    predictions.sort(key=lambda p: -p.size_bytes)
+    return predictions
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GGUF repos
+
+
+def _gguf_header(listing: RepoListing, ctx: HubContext, path: str, *, need_tensors: bool) -> GgufHeader:
+    fetch = _range_fetcher(listing, ctx, path)
+    size = listing.size_of(path)
+    try:
+        if need_tensors:
+            return read_gguf_header(fetch, size)
+        return read_gguf_header(fetch, size, first=256 * 1024, limit=256 * 1024, partial=True)
+    except (ValueError, struct.error) as exc:
+        raise UserError(f"{path} in {listing.repo_id} is not a readable GGUF file ({exc}).",
+                        "Choose another file of the repository.", kind="bad_repo") from exc
+
+
+def _gguf_report(report: RepoReport, listing: RepoListing, ctx: HubContext, progress: ProgressFn,
+                 cancelled: CancelledFn) -> RepoReport:
+    models, extras = group_gguf_files((f.path, f.size) for f in listing.files)
+    report.extras = extras
+    if not models:
+        return _unsupported(report, "Its GGUF files are only vision projectors or importance matrices, not models.")
+    report.kind = "gguf"
+    report.gguf_models = models
+    complete = [m for m in models if m.complete] or models
+    sample = min(complete, key=lambda m: m.size_bytes)
+    progress(0, 0, f"Reading the header of {sample.files[0]}...")
+    header = _gguf_header(listing, ctx, sample.files[0], need_tensors=True)
+    params = header.parameter_count
+    for shard in sample.files[1:]:
+        check_cancelled(cancelled)
+        params += _gguf_header(listing, ctx, shard, need_tensors=True).parameter_count
+    report.architecture = header.architecture
+    report.gguf_arch = header.architecture
+    report.parameter_count = params
+    report.attention = attention_from_gguf(header.metadata, header.n_vocab)
+    report.context_length = report.attention.n_ctx_train
+    if not sample.quant:
+        sample.quant = header.file_type
+    for model in models:
+        model.parameter_count = params
+        if not model.quant:
+            check_cancelled(cancelled)
+            model.quant = _gguf_header(listing, ctx, model.files[0], need_tensors=False).file_type or "unknown"
+        if not model.complete:
+            report.notes.append(f"{model.name} is missing some of its shards in this repository.")
+    if len(models) == 1:
+        report.download_files = list(models[0].files)
+    return report
+
+
+def inspect_repo(
+    *,
+    progress: ProgressFn,
+    cancelled: CancelledFn,
+    repo: str,
+    revision: str | None = None,
+    token: str | None = None,
+    timeout: float | None = None,
+) -> RepoReport:
+    """Inspect a repo without downloading its weights (a job). See :class:`RepoReport`."""
+    ref = parse_repo_ref(repo, revision)
+    ctx = hub_context(token, timeout=timeout)
+    progress(0, 0, f"Looking up {ref.repo_id}...")
+    listing = list_repo(ref, ctx)
+    check_cancelled(cancelled)
+    with hub_errors(repo_id=ref.repo_id, revision=listing.revision, endpoint=ctx.endpoint, timeout=ctx.timeout):
+        report = build_report(listing, ctx, progress=progress, cancelled=cancelled)
+    progress(1, 1, f"{ref.repo_id}: {describe(report)}")
+    return report

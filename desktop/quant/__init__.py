@@ -1,0 +1,1 @@
+"""Quantization: the types, size prediction, llama.cpp quantize, importance matrices and the page's pipeline."""

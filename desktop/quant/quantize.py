@@ -1,0 +1,583 @@
+"""Quantize a GGUF to one or more types with llama.cpp's ``llama_model_quantize``, each in a child process.
+
+Parent side (what the GUI and the CLI call):
+
+* :func:`plan_quantization` checks everything that can be checked before work starts (the source, each type,
+  whether it needs an importance matrix, requantizing, free disk space) and returns one
+  :class:`QuantizeTask` per type with its output path and predicted size; it raises
+  :class:`~desktop.errors.UserError` otherwise.
+* :func:`quantize_many` runs the tasks one after another (a queue), reports progress and registers each finished
+  file in the library. :func:`quantize_one` runs a single type.
+
+Progress messages look like ``"Q4_K_M (1/2) [12/201] blk.3.ffn_down.weight → q4_K, 40 s left"``; ``done`` and
+``total`` count tensors over the whole queue. Cancel kills the child (``llama_model_quantize`` cannot be
+interrupted) and removes the partial file; finished outputs of earlier types stay.
+
+Child side: :func:`run_job` installs a llama.cpp log callback and turns its per-tensor lines
+(``[  12/ 201] blk.3.ffn_down.weight - [ 2048, 640, 1, 1], type = f16, converting to q4_K .. size = ...``) into
+``progress(12, 201, "[12/201] blk.3.ffn_down.weight → q4_K")``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from desktop.quant import types as quant_types
+from desktop.quant import sizing
+from desktop.errors import UserError
+from desktop.fileio import partial_path, remove_quietly
+from desktop.jobs import CancelledFn, ProgressFn, format_bytes, format_duration
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "REQUANTIZE_WARNING",
+    "QuantizeOptions",
+    "QuantizeResult",
+    "QuantizeTask",
+    "TensorLineParser",
+    "output_path",
+    "plan_quantization",
+    "quantize_many",
+    "quantize_one",
+    "run_job",
+]
+
+REQUANTIZE_WARNING = (
+    "The source is already quantized: quantizing it again adds a second rounding error on top of the first, "
+    "so the result is worse than quantizing the F16/BF16 original to the same type."
+)
+DISK_MARGIN = 1.02  # predicted sizes are within 2%
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """Advanced options, all optional.
+
+    ``imatrix``: path of an importance matrix (GGUF or legacy .dat). ``output_type``/``embedding_type``: ggml type
+    names ("Q8_0", "F16") forced on ``output.weight``/``token_embd.weight``. ``overrides``: (regex, ggml type)
+    pairs for other tensors, first match wins (llama.cpp's ``--tensor-type``). ``pure``: no per-tensor mixture,
+    every tensor gets the type's main ggml type. ``allow_requantize``: accept an already-quantized source (see
+    :data:`REQUANTIZE_WARNING`). ``threads``: 0 for all cores.
+    """
+
+    imatrix: str | None = None
+    output_type: str | None = None
+    embedding_type: str | None = None
+    overrides: tuple[tuple[str, str], ...] = ()
+    pure: bool = False
+    allow_requantize: bool = False
+    threads: int = 0
+
+    def sizing_options(self) -> dict[str, Any]:
+        return {
+            "output_type": self.output_type,
+            "embedding_type": self.embedding_type,
+            "pure": self.pure,
+            "has_imatrix": self.imatrix is not None,
+            "overrides": self.overrides,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["overrides"] = [list(p) for p in self.overrides]
+        return data
+
+
+@dataclass(frozen=True)
+class QuantizeTask:
+    """One planned output: ``predicted_bytes`` from :mod:`desktop.quant.sizing`."""
+
+    source: Path
+    quant: quant_types.QuantType
+    output: Path
+    predicted_bytes: int
+    n_tensors: int
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    quant_type: str
+    path: Path
+    bytes: int
+    predicted_bytes: int
+    seconds: float
+    imatrix: str | None = None
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+_TYPE_SUFFIX = re.compile(
+    r"[-_.](?:" + "|".join(sorted((re.escape(t.name) for t in quant_types.QUANT_TYPES), key=len, reverse=True))
+    + r")$",
+    re.IGNORECASE,
+)
+
+
+def model_stem(source: Path) -> str:
+    """The model's name without a trailing type tag: "gemma-3-270m-F16.gguf" -> "gemma-3-270m"."""
+    stem = Path(source).name
+    if stem.lower().endswith(".gguf"):
+        stem = stem[: -len(".gguf")]
+    return _TYPE_SUFFIX.sub("", stem) or stem
+
+
+def output_path(source: Path | str, type_name: str, out_dir: Path | str | None = None) -> Path:
+    """``<out_dir>/<model>-<TYPE>.gguf``; ``out_dir`` defaults to the source's folder."""
+    source = Path(source)
+    folder = Path(out_dir) if out_dir is not None else source.parent
+    return folder / f"{model_stem(source)}-{quant_types.by_name(type_name).name}.gguf"
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_tensors(path: str, mtime_ns: int, size: int) -> sizing.ModelTensors:
+    return sizing.tensors_from_gguf(path)
+
+
+def source_tensors(source: Path | str) -> sizing.ModelTensors:
+    """The source's tensors, read once per file version (planning and progress both need them)."""
+    stat = Path(source).stat()
+    return _cached_tensors(str(source), stat.st_mtime_ns, stat.st_size)
+
+
+def _read_source(source: Path) -> sizing.ModelTensors:
+    if not source.is_file():
+        raise UserError(f"The source model {source} does not exist.")
+    with open(source, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise UserError(
+                f"{source.name} is not a GGUF file.",
+                "Convert the model to GGUF first (the Quantize page accepts a Hugging Face folder too).",
+            )
+    return source_tensors(source)
+
+
+def plan_quantization(
+    source: Path | str,
+    types: Sequence[str],
+    out_dir: Path | str | None = None,
+    options: QuantizeOptions | None = None,
+    *,
+    check_disk: bool = True,
+) -> list[QuantizeTask]:
+    """Validate a quantization before any work starts and return one task per type (in the order given)."""
+    options = options or QuantizeOptions()
+    source = Path(source)
+    if not types:
+        raise UserError("Choose at least one type to quantize to.")
+    quants = []
+    for name in types:
+        quant = quant_types.by_name(name)
+        if quant not in quants:
+            quants.append(quant)
+    for name in (options.output_type, options.embedding_type, *(t for _, t in options.overrides)):
+        if name:
+            quant_types.ggml_type_by_name(name)
+    for pattern, _ in options.overrides:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise UserError(f"The tensor pattern '{pattern}' is not a valid regular expression ({exc}).") from exc
+    tensors = _read_source(source)
+    if options.imatrix is not None:
+        from desktop.quant.imatrix import load_imatrix
+
+        matrix = load_imatrix(options.imatrix)
+        names = {t.name for t in tensors}
+        if not names.intersection(matrix.sums):
+            raise UserError(
+                f"The importance matrix {Path(options.imatrix).name} was made for another model: none of its "
+                "entries matches this model's tensors.",
+                "Compute one for this model.",
+            )
+    quantized_src = sorted({t.source_type for t in tensors if len(t.shape) >= 2 and _is_quantized(t.source_type)})
+    tasks = []
+    for quant in quants:
+        if options.imatrix is None:
+            needing = sizing.tensors_needing_imatrix(tensors, quant.name, **_plain(options))
+            if quant.needs_imatrix or needing:
+                raise UserError(
+                    f"{quant.name} needs an importance matrix: llama.cpp refuses to make it without one, because "
+                    "the result would be garbage.",
+                    "Add a calibration text (the bundled sample works) or choose another type.",
+                    kind="needs_imatrix",
+                )
+        if quantized_src and not options.allow_requantize and not quant.is_float:
+            raise UserError(
+                f"{source.name} is already quantized ({', '.join(quantized_src)}), and quantizing it again "
+                "compounds the error.",
+                "Use the F16/BF16 original, or tick 'allow requantize' if you have nothing better.",
+                kind="requantize",
+            )
+        if quantized_src and not options.allow_requantize and quant.is_float:
+            raise UserError(
+                f"{source.name} is quantized ({', '.join(quantized_src)}); turning it back into {quant.name} "
+                "needs 'allow requantize'.",
+                "Tick 'allow requantize'; the result is as good as the quantized file, no better.",
+                kind="requantize",
+            )
+        target = output_path(source, quant.name, out_dir)
+        if os.path.normcase(str(target.resolve())).lower() == os.path.normcase(str(source.resolve())).lower():
+            # compared without case too: on macOS and Windows "x-Q4_K_M.gguf" and "x-q4_k_m.gguf" are one file
+            raise UserError(f"The output {target.name} would overwrite the source.", "Choose another output folder.")
+        predicted = sizing.predict_size(tensors, quant.name, **options.sizing_options())
+        tasks.append(QuantizeTask(source, quant, target, predicted, len(tensors)))
+    if check_disk:
+        _check_free_space(tasks)
+    return tasks
+
+
+def _plain(options: QuantizeOptions) -> dict[str, Any]:
+    opts = options.sizing_options()
+    opts.pop("has_imatrix")
+    return opts
+
+
+def _is_quantized(ggml_type: str) -> bool:
+    return ggml_type not in ("F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64")
+
+
+def _check_free_space(tasks: Sequence[QuantizeTask]) -> None:
+    by_folder: dict[Path, int] = {}
+    for task in tasks:
+        folder = task.output.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        by_folder[folder] = by_folder.get(folder, 0) + task.predicted_bytes
+    for folder, needed in by_folder.items():
+        free = shutil.disk_usage(folder).free
+        if needed * DISK_MARGIN > free:
+            raise UserError(
+                f"These quants need about {format_bytes(needed)} but {folder} has only {format_bytes(free)} free.",
+                "Free some space, pick fewer types, or choose another output folder.",
+                kind="disk_full",
+            )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parent side: run the queue
+
+
+def quantize_one(
+    task: QuantizeTask,
+    options: QuantizeOptions | None = None,
+    *,
+    progress: ProgressFn,
+    cancelled: CancelledFn,
+    grace_s: float = 0.5,
+    child: Any = None,
+) -> QuantizeResult:
+    """Run one task in a child process (``child``: a warm one to use); returns its result once the output has its
+    final name."""
+    from desktop.process import run_in_child
+
+    options = options or QuantizeOptions()
+    partial = partial_path(task.output)
+    remove_quietly(partial)
+    started = time.monotonic()
+    try:
+        summary = run_in_child(
+            "desktop.quant.quantize:run_job",
+            {
+                "source": str(task.source),
+                "out_path": str(partial),
+                "type_name": task.quant.name,
+                "options": options.as_dict(),
+            },
+            progress=progress,
+            cancelled=cancelled,
+            cleanup=[partial],
+            grace_s=grace_s,
+            crash_next_step="Retry; if it crashes again, the log has the details.",
+            child=child,
+        )
+    except BaseException:
+        remove_quietly(partial)
+        raise
+    os.replace(partial, task.output)
+    return QuantizeResult(
+        quant_type=task.quant.name,
+        path=task.output,
+        bytes=task.output.stat().st_size,
+        predicted_bytes=task.predicted_bytes,
+        seconds=time.monotonic() - started,
+        imatrix=options.imatrix,
+        warnings=tuple(summary.get("warnings", ())),
+    )
+
+
+def quantize_many(
+    source: Path | str,
+    types: Sequence[str],
+    out_dir: Path | str | None = None,
+    options: QuantizeOptions | None = None,
+    *,
+    progress: ProgressFn,
+    cancelled: CancelledFn,
+    on_result: Callable[[QuantizeResult], None] | None = None,
+    register: bool = True,
+) -> list[QuantizeResult]:
+    """Quantize ``source`` to each of ``types`` in turn (checked up front by :func:`plan_quantization`).
+
+    Each finished file is reported through ``on_result`` and registered in the library (when the library module
+    is available). Raises :class:`~desktop.errors.Cancelled` on cancel (files already finished stay) and
+    :class:`~desktop.jobs.JobFailed` when llama.cpp fails.
+    """
+    options = options or QuantizeOptions()
+    from desktop.process import ChildProcess
+
+    # The first child starts now and imports llama.cpp while the plan reads the source's header.
+    warm = ChildProcess.warm(("llama_cpp", "desktop.quant.quantize"), log_name="quantize")
+    try:
+        tasks = plan_quantization(source, types, out_dir, options)
+    except BaseException:
+        warm.close()
+        raise
+    total = sum(t.n_tensors for t in tasks)
+    results: list[QuantizeResult] = []
+    done_before = 0
+    started = time.monotonic()
+    work_total = sum(t.predicted_bytes for t in tasks) or 1
+    work_done = 0
+    for index, task in enumerate(tasks, start=1):
+        label = f"{task.quant.name} ({index}/{len(tasks)})"
+        eta = _EtaByWeight(task, work_done, work_total, started)
+
+        def relay(done: float, _total: float, message: str, *, _label: str = label, _eta: _EtaByWeight = eta,
+                  _before: int = done_before) -> None:
+            left = _eta.update(message)
+            suffix = f", {format_duration(left)} left" if left is not None else ""
+            progress(_before + done, total, f"{_label} {message}{suffix}")
+
+        progress(done_before, total, f"{label} starting")
+        result = quantize_one(task, options, progress=relay, cancelled=cancelled, child=warm if index == 1 else None)
+        done_before += task.n_tensors
+        work_done += task.predicted_bytes
+        results.append(result)
+        if register:
+            _register(result, task.source)
+        if on_result is not None:
+            on_result(result)
+    progress(total, total, f"done: {len(results)} file{'s' if len(results) != 1 else ''}")
+    return results
+
+
+class _EtaByWeight:
+    """ETA from how many of the source's elements are done: tensors differ wildly in size (token_embd is huge)."""
+
+    def __init__(self, task: QuantizeTask, work_done: int, work_total: int, started: float) -> None:
+        self.weights = {t.name: t.n_elements for t in source_tensors(task.source)}
+        self.n_total = sum(self.weights.values()) or 1
+        self.n_done = 0
+        self.task_share = task.predicted_bytes / work_total
+        self.before = work_done / work_total
+        self.started = started
+
+    def update(self, message: str) -> float | None:
+        match = re.search(r"\]\s+(\S+)", message)
+        if match:
+            self.n_done += self.weights.get(match.group(1), 0)
+        fraction = self.before + self.task_share * self.n_done / self.n_total
+        elapsed = time.monotonic() - self.started
+        if fraction <= 0.02 or elapsed < 1.0:
+            return None
+        return elapsed * (1 - fraction) / fraction
+
+
+def _register(result: QuantizeResult, source: Path) -> None:
+    try:
+        from desktop.library import Library
+    except ImportError:
+        return
+    try:
+        Library().add_file(result.path, source=str(source), quant_type=result.quant_type, imatrix=result.imatrix)
+    except Exception:  # noqa: BLE001 - the file is made; a library problem must not undo that
+        log.exception("could not register %s in the library", result.path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Child side
+
+
+_START = re.compile(r"\[\s*(\d+)\s*/\s*(\d+)\]\s+(\S+)\s+-\s+\[[^\]]*\],\s+type\s+=\s+(\w+),")
+_CONVERTING = re.compile(r"converting to (\w+)")
+
+
+class TensorLineParser:
+    """Turns llama.cpp's quantize log text (arriving in pieces) into per-tensor progress calls."""
+
+    def __init__(self, progress: ProgressFn) -> None:
+        self.progress = progress
+        self.buffer = ""
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+        self.tensors_done = 0
+
+    def feed(self, level: int, text: str) -> None:
+        if level >= 4:
+            stripped = text.strip(" =\n")
+            if stripped:
+                self.errors.append(stripped)
+        self.buffer += text
+        while "\n" in self.buffer:
+            line, self.buffer = self.buffer.split("\n", 1)
+            self._line(line)
+
+    def _line(self, line: str) -> None:
+        start = _START.search(line)
+        if start is None:
+            if "falling back to" in line or "applying manual override" in line:
+                self.warnings.append(line.strip())
+            return
+        index, total, name, src_type = int(start.group(1)), int(start.group(2)), start.group(3), start.group(4)
+        converting = _CONVERTING.search(line, start.end())
+        target = converting.group(1) if converting else f"{src_type} (kept)"
+        self.tensors_done = index
+        self.progress(index, total, f"[{index}/{total}] {name} → {target}")
+
+
+def _imatrix_array(path: str, keep: list[Any]) -> Any:
+    import llama_cpp
+    import numpy as np
+
+    from desktop.quant.imatrix import load_imatrix
+
+    data = load_imatrix(path)
+    normalized = data.normalized()
+    arr = (llama_cpp.llama_model_imatrix_data * (len(normalized) + 1))()
+    for i, (name, values) in enumerate(sorted(normalized.items())):
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        encoded = name.encode()
+        keep.extend((values, encoded))
+        arr[i].name = encoded
+        arr[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        arr[i].size = values.size
+    arr[len(normalized)].name = None
+    keep.append(arr)
+    return arr, data
+
+
+def _kv_overrides(pairs: list[tuple[str, Any]], keep: list[Any]) -> Any:
+    import llama_cpp
+
+    arr = (llama_cpp.llama_model_kv_override * (len(pairs) + 1))()
+    for i, (key, value) in enumerate(pairs):
+        arr[i].key = key.encode()[:127]
+        if isinstance(value, str):
+            arr[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+            arr[i].value.val_str = value.encode()[:127]
+        else:
+            arr[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+            arr[i].value.val_i64 = int(value)
+    arr[len(pairs)].key = b""
+    keep.append(arr)
+    return arr
+
+
+def _tensor_overrides(overrides: list[list[str]], keep: list[Any]) -> Any:
+    import llama_cpp
+
+    arr = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
+    for i, (pattern, type_name) in enumerate(overrides):
+        encoded = pattern.encode()
+        keep.append(encoded)
+        arr[i].pattern = encoded
+        arr[i].type = quant_types.ggml_type_id(type_name)
+    arr[len(overrides)].pattern = None
+    keep.append(arr)
+    return arr
+
+
+def build_params(type_name: str, options: dict[str, Any], keep: list[Any]) -> Any:
+    """``llama_model_quantize_params`` for a type and options; ``keep`` receives what must outlive the call."""
+    import llama_cpp
+
+    quant = quant_types.by_name(type_name)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = quant.ftype
+    params.nthread = int(options.get("threads") or 0)
+    params.allow_requantize = bool(options.get("allow_requantize"))
+    params.pure = bool(options.get("pure"))
+    if options.get("output_type"):
+        params.output_tensor_type = quant_types.ggml_type_id(options["output_type"])
+    if options.get("embedding_type"):
+        params.token_embedding_type = quant_types.ggml_type_id(options["embedding_type"])
+    if options.get("overrides"):
+        params.tt_overrides = _tensor_overrides(options["overrides"], keep)
+    if options.get("imatrix"):
+        arr, data = _imatrix_array(options["imatrix"], keep)
+        params.imatrix = arr
+        params.kv_overrides = _kv_overrides(
+            [
+                ("quantize.imatrix.file", Path(options["imatrix"]).name),
+                ("quantize.imatrix.dataset", data.datasets[0] if data.datasets else ""),
+                ("quantize.imatrix.entries_count", len(data)),
+                ("quantize.imatrix.chunks_count", data.chunk_count),
+            ],
+            keep,
+        )
+    return params
+
+
+def _failure(errors: list[str], out_path: str) -> UserError:
+    """One sentence for what llama.cpp logged before failing."""
+    text = " ".join(errors)
+    if "requires an imatrix" in text or "importance matrix" in text:
+        return UserError("This type needs an importance matrix, and none was given.",
+                         "Add a calibration text or choose another type.", kind="needs_imatrix")
+    if "requantizing from type" in text:
+        return UserError("The source is already quantized.", "Tick 'allow requantize' or use the F16 original.",
+                         kind="requantize")
+    folder = Path(out_path).parent
+    try:
+        if shutil.disk_usage(folder).free < 64 * 1024 * 1024 or "No space" in text:
+            return UserError(f"The disk holding {folder} is full.", "Free some space and retry.", kind="disk_full")
+    except OSError:
+        pass
+    if "iostream error" in text or "basic_ios" in text:
+        return UserError(f"Writing to {folder} failed (the disk may be full or read-only).",
+                         "Free some space or choose another folder.", kind="disk_full")
+    if "unknown model architecture" in text or "gguf_init" in text or "failed to load" in text or "key not found" in text:
+        return UserError("llama.cpp cannot read this source model (an unsupported architecture or a damaged file).",
+                         "Convert it again with QuantDesk, or use another GGUF.", kind="unsupported_source")
+    detail = errors[-1] if errors else "no message"
+    return UserError(f"llama.cpp could not quantize this model ({detail}).")
+
+
+def run_job(
+    *,
+    progress: ProgressFn,
+    cancelled: CancelledFn,
+    source: str,
+    out_path: str,
+    type_name: str,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """Child side: quantize ``source`` to ``out_path`` with per-tensor progress from llama.cpp's log."""
+    import llama_cpp
+
+    del cancelled  # llama_model_quantize cannot be interrupted: the parent kills this process instead
+    parser = TensorLineParser(progress)
+
+    def on_log(level: int, text: bytes | None, _user_data: int) -> None:
+        if text:
+            parser.feed(level, text.decode("utf-8", errors="replace"))
+
+    c_callback = llama_cpp.llama_log_callback(on_log)  # keep a reference: C holds only the pointer
+    llama_cpp.llama_log_set(c_callback, ctypes.c_void_p(0))
+    keep: list[Any] = []
+    params = build_params(type_name, options, keep)
+    rc = llama_cpp.llama_model_quantize(source.encode(), out_path.encode(), ctypes.byref(params))
+    if rc != 0:
+        remove_quietly(out_path)
+        raise _failure(parser.errors, out_path)
+    del keep, c_callback
+    return {"warnings": parser.warnings, "tensors": parser.tensors_done}

@@ -1,0 +1,259 @@
+"""The live speed graph: tokens/second over the reply as it streams (raw and smoothed), time to first token and
+prompt speed marked, and the speed of the conversation's earlier replies.
+
+Curves are created once; a 10 Hz timer calls ``setData`` when new tokens arrived, never a token handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QTimer, Slot
+from PySide6.QtWidgets import QHBoxLayout, QVBoxLayout, QWidget
+
+from desktop.chat.engine import ReplyMetrics
+
+REDRAW_MS = 100
+SMOOTH_TOKENS = 8
+RAW_COLOR = "#93c5fd"
+SMOOTH_COLOR = "#2563eb"
+MARK_COLOR = "#f59e0b"
+HISTORY_COLOR = "#10b981"
+
+
+def _nice_step(value: float) -> float:
+    """The next of 1, 2, 5 x 10^n at or above ``value``."""
+    if value <= 0:
+        return 1.0
+    exponent = np.floor(np.log10(value))
+    for mantissa in (1.0, 2.0, 5.0, 10.0):
+        candidate = float(mantissa * 10**exponent)
+        if candidate >= value:
+            return candidate
+    return float(10 ** (exponent + 1))
+
+
+def token_rates(stamps: Sequence[float], window: int = SMOOTH_TOKENS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From token arrival times (seconds since the request): x, the raw rate (1/gap) and the rate over the last
+    ``window`` tokens, for every token after the first."""
+    t = np.asarray(stamps, dtype=float)
+    if t.size < 2:
+        empty = np.zeros(0)
+        return empty, empty, empty
+    gaps = np.maximum(np.diff(t), 1e-4)
+    raw = 1.0 / gaps
+    index = np.arange(1, t.size)
+    back = np.maximum(index - window, 0)
+    smooth = (index - back) / np.maximum(t[index] - t[back], 1e-4)
+    return t[1:], raw, smooth
+
+
+class SpeedGraph(QWidget):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        background = self.palette().base().color()
+        self.plot = pg.PlotWidget(background=background)
+        self.plot.setMouseEnabled(False, False)
+        self.plot.hideButtons()
+        self.plot.setLabel("left", "tok/s")
+        self.plot.setLabel("bottom", "seconds since the message was sent")
+        self.plot.showGrid(x=True, y=True, alpha=0.15)
+        legend_fill = pg.mkBrush(background.red(), background.green(), background.blue(), 210)
+        self.plot.addLegend(offset=(-8, -4), labelTextSize="8pt", brush=legend_fill)
+        self.raw_curve = self.plot.plot(name="per token", pen=pg.mkPen(RAW_COLOR, width=1))
+        self.smooth_curve = self.plot.plot(name=f"over {SMOOTH_TOKENS} tokens", pen=pg.mkPen(SMOOTH_COLOR, width=2))
+        self.ttft_line = pg.InfiniteLine(angle=90, pen=pg.mkPen(MARK_COLOR, width=1, style=pg.QtCore.Qt.PenStyle.DashLine))
+        self.ttft_label = pg.TextItem(color=MARK_COLOR, anchor=(0, 0))
+        self.plot.addItem(self.ttft_line, ignoreBounds=True)
+        self.plot.addItem(self.ttft_label, ignoreBounds=True)
+        self.ttft_line.hide()
+        self.ttft_label.hide()
+
+        self.history = pg.PlotWidget(background=background)
+        self.history.setMouseEnabled(False, False)
+        self.history.hideButtons()
+        self.history.setLabel("left", "tok/s")
+        self.history.setLabel("bottom", "reply")
+        self.history.setFixedWidth(190)
+        self.history.showGrid(y=True, alpha=0.15)
+        self.history_bars = pg.BarGraphItem(x=[], height=[], width=0.6, brush=HISTORY_COLOR, pen=None)
+        self.history.addItem(self.history_bars)
+        self.history.getAxis("bottom").setTickSpacing(1, 1)
+
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        left = QVBoxLayout()
+        left.addWidget(self.plot)
+        layout.addLayout(left, 1)
+        layout.addWidget(self.history)
+
+        self._t0 = 0.0
+        self._stamps: list[float] = []
+        self._ttft: float | None = None
+        self._prompt_text = ""
+        self._history: list[float] = []
+        self._drawn_history: list[float] | None = None
+        self._dirty = False
+        self._label_text = ""
+        self._x_right = 0.0
+        self._y_top = 0.0
+        self.redraws = 0
+        self._timer = QTimer(self)
+        self._timer.setInterval(REDRAW_MS)
+        self._timer.timeout.connect(self.redraw)
+
+    # ---- data in (cheap: no drawing here)
+    def begin_reply(self, t0: float) -> None:
+        self._t0 = t0
+        self._stamps = []
+        self._ttft = None
+        self._prompt_text = ""
+        # Lay the axes out now, while the prompt is evaluated, at the last reply's scale: the first frame with
+        # tokens then only moves the curves (re-laying both axes at once was the longest stall of a reply).
+        self._y_top = _nice_step(max(self._history[-1:] or [10.0]) * 1.15)
+        self._x_right = 2.0
+        self.plot.setYRange(0, self._y_top, padding=0)
+        self.plot.setXRange(0, self._x_right, padding=0)
+        # Likewise the first-token marker: shown now (its first paint lays out text), moved when the token comes.
+        self._label_text = " waiting for the first token…"
+        self.ttft_label.setText(self._label_text)
+        self.ttft_line.setValue(0.0)
+        self.ttft_label.setPos(0.0, self._y_top)
+        self.ttft_line.show()
+        self.ttft_label.show()
+        self._dirty = True
+        self._timer.start()
+
+    def add_tokens(self, stamps: Iterable[float]) -> None:
+        self._stamps.extend(s - self._t0 for s in stamps)
+        if self._ttft is None and self._stamps:
+            self._ttft = self._stamps[0]
+        self._dirty = True
+
+    def end_reply(self, metrics: ReplyMetrics | None) -> None:
+        """The reply ended: mark llama.cpp's own TTFT and prompt speed, add it to the history, stop redrawing."""
+        if metrics is not None:
+            if metrics.ttft_s is not None:
+                self._ttft = metrics.ttft_s
+            self._prompt_text = (
+                f" first token {self._ttft:.2f} s\n prompt {metrics.prompt_tokens} tok at "
+                f"{metrics.prompt_tokens_per_s:.0f} tok/s"
+                if self._ttft is not None
+                else ""
+            )
+            if metrics.generated_tokens > 0:
+                self._history.append(metrics.generation_tokens_per_s)
+        self._dirty = True
+        self.redraw()
+        self._timer.stop()
+
+    def set_history(self, metrics: Iterable[Mapping[str, Any] | None]) -> None:
+        """The conversation's earlier replies (their stored metrics), oldest first; clears the current curve."""
+        self._history = [float(m["generation_tokens_per_s"]) for m in metrics if m and m.get("generated_tokens")]
+        self._stamps = []
+        self._ttft = None
+        self._prompt_text = ""
+        self._dirty = True
+        self.redraw()
+
+    def history_values(self) -> list[float]:
+        return list(self._history)
+
+    @property
+    def streaming(self) -> bool:
+        return self._timer.isActive()
+
+    # ---- drawing (timer)
+    @Slot()
+    def redraw(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        self.redraws += 1
+        x, raw, smooth = token_rates(self._stamps)
+        self.raw_curve.setData(x, raw)
+        self.smooth_curve.setData(x, smooth)
+        if self._ttft is not None:
+            self.ttft_line.setValue(self._ttft)
+            label = self._prompt_text or f" first token {self._ttft:.2f} s"
+            if label != self._label_text:
+                self._label_text = label
+                self.ttft_label.setText(label)
+            self.ttft_line.show()
+            self.ttft_label.show()
+        elif not self._timer.isActive():
+            self.ttft_line.hide()
+            self.ttft_label.hide()
+        if raw.size:
+            # Ranges move in steps, not every frame: an axis whose range is unchanged keeps its cached picture,
+            # and redrawing the tick labels is most of what a frame costs. The raw rate spikes when two tokens
+            # arrive together, so the view follows its 95th percentile.
+            # (a sort, not np.percentile: its first call imports a numpy submodule, 30 ms on the GUI thread)
+            p95 = float(np.sort(raw)[int(round(0.95 * (raw.size - 1)))])
+            top = max(p95, float(smooth.max())) * 1.15
+            if not (self._y_top * 0.5 <= top <= self._y_top):
+                self._y_top = _nice_step(top)
+                self.plot.setYRange(0, self._y_top, padding=0)
+            right = max(float(x[-1]), self._ttft or 0.0) + 0.05
+            if right > self._x_right or self._x_right > 4 * right + 2:
+                self._x_right = _nice_step(right * 1.25)
+                self.plot.setXRange(0, self._x_right, padding=0)
+            self.ttft_label.setPos(self._ttft or 0.0, self._y_top)
+        if self._history != self._drawn_history:  # the bar chart changes once per reply, not per frame
+            self._drawn_history = list(self._history)
+            n = len(self._history)
+            self.history_bars.setOpts(x=np.arange(1, n + 1), height=np.asarray(self._history, dtype=float), width=0.6)
+            if n:
+                self.history.setXRange(0.4, max(n, 3) + 0.6, padding=0)
+                self.history.setYRange(0, max(self._history) * 1.15, padding=0)
+
+
+class SpeedStats(QWidget):
+    """A row of figures for the last reply: caption above, value below; from llama.cpp's counters when done."""
+
+    NAMES = ("Generation", "Prompt", "First token", "Reply", "Context")
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        from PySide6.QtWidgets import QLabel
+
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(18)
+        self._values: dict[str, QLabel] = {}
+        for name in self.NAMES:
+            column = QVBoxLayout()
+            column.setSpacing(0)
+            caption = QLabel(name)
+            caption.setObjectName("keyLabel")
+            value = QLabel("–")
+            value.setObjectName("statValue")
+            value.setTextInteractionFlags(value.textInteractionFlags() | pg.QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
+            column.addWidget(caption)
+            column.addWidget(value)
+            layout.addLayout(column)
+            self._values[name] = value
+        layout.addStretch(1)
+
+    def value(self, name: str) -> str:
+        return self._values[name].text()
+
+    def set_value(self, name: str, text: str, tooltip: str = "") -> None:
+        self._values[name].setText(text)
+        self._values[name].setToolTip(tooltip)
+
+    def show_metrics(self, m: ReplyMetrics) -> None:
+        self.set_value("Generation", f"{m.generation_tokens_per_s:.1f} tok/s",
+                       f"llama.cpp: {m.generated_tokens} tokens decoded in {m.generation_ms:.0f} ms")
+        self.set_value("Prompt", f"{m.prompt_tokens_per_s:.1f} tok/s",
+                       f"llama.cpp: {m.prompt_tokens} prompt tokens in {m.prompt_ms:.0f} ms")
+        self.set_value("First token", f"{m.ttft_s:.2f} s" if m.ttft_s is not None else "–")
+        self.set_value("Reply", f"{m.completion_tokens} tokens in {m.total_s:.2f} s", f"finished: {m.finish_reason}")
+        self.set_value("Context", f"{m.context_used:,} of {m.n_ctx:,}")
+
+    def clear(self) -> None:
+        for name in self.NAMES:
+            self.set_value(name, "–")

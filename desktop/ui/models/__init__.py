@@ -1,0 +1,1 @@
+"""The Models page: the library and the Hugging Face tab."""

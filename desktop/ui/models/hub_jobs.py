@@ -1,0 +1,76 @@
+"""The work behind the Hugging Face panel, as plain job functions ``fn(progress, cancelled, ...)`` over the domain
+API (:mod:`desktop.hub.repo`, :mod:`desktop.hub.download`, :mod:`desktop.library`, :mod:`desktop.hub.tokens`). No Qt here:
+they run on the job threads and can be called directly in tests."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from desktop.memory.fit import MachineMemory, machine_memory
+from desktop.hub.repo import RepoReport
+from desktop.jobs import CancelledFn, ProgressFn
+
+# The download's own message ends with ", 8 s left"; the status area adds the ETA itself (from the job's rate
+# meter), so the panel forwards the message without it and both places show it once.
+_ETA_SUFFIX = re.compile(r", [^,]* left$")
+
+
+@dataclass
+class InspectOutcome:
+    report: RepoReport
+    memory: MachineMemory | None  # probed in the job only when no hardware report had arrived
+
+
+def inspect_job(progress: ProgressFn, cancelled: CancelledFn, *, repo: str, revision: str | None,
+                probe_memory: bool) -> InspectOutcome:
+    from desktop.hub.inspect import inspect_repo
+
+    report = inspect_repo(progress=progress, cancelled=cancelled, repo=repo, revision=revision)
+    memory = None
+    if probe_memory:  # without llama.cpp: the GUI process never loads it
+        from desktop.hardware import report as hardware
+
+        memory = machine_memory(hardware.collect_report(include_llama=False))
+    return InspectOutcome(report, memory)
+
+
+@dataclass(frozen=True)
+class DownloadRequest:
+    repo: str
+    revision: str | None
+    file: str | None  # a GGUF model's first shard (brings all shards); None: the checkpoint for conversion
+    label: str
+
+
+@dataclass
+class DownloadOutcome:
+    message: str
+    snapshot_dir: str
+    model_path: str
+    added: Path | None  # the library entry's path, for a GGUF
+
+
+def download_job(progress: ProgressFn, cancelled: CancelledFn, *, request: DownloadRequest) -> DownloadOutcome:
+    from desktop.hub.download import download
+    from desktop.jobs import check_cancelled
+    from desktop.library import Library
+
+    def relay(done: float, total: float, message: str) -> None:
+        progress(done, total, _ETA_SUFFIX.sub("", message))
+
+    result = download(progress=relay, cancelled=cancelled, repo=request.repo, revision=request.revision,
+                      file=request.file)
+    added = None
+    if result.model_path.lower().endswith(".gguf"):
+        check_cancelled(cancelled)
+        progress(1, 1, "Adding the model to the library…")
+        added = Library().add_file(result.model_path, source=f"Hugging Face: {result.repo_id}").path
+    return DownloadOutcome(result.message, result.snapshot_dir, result.model_path, added)
+
+
+def save_token_job(progress: ProgressFn, cancelled: CancelledFn, *, token: str) -> None:
+    from desktop.hub import tokens
+
+    tokens.save_token(token)

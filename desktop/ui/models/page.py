@@ -1,0 +1,319 @@
+"""Models: the local library (GGUF files QuantDesk made, downloaded or imported) with a details pane, and a
+Hugging Face tab to search, inspect, check the fit of and download models (:mod:`desktop.ui.models.hub_panel`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from PySide6.QtCore import QUrl, Qt, Signal, Slot
+from PySide6.QtGui import QDesktopServices, QDragEnterEvent, QDropEvent, QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QTabWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.gguf.reader import format_parameters
+from desktop.jobs import JobError, format_bytes
+from desktop.library import CheckpointEntry, Library, ModelEntry
+from desktop.ui.models.checkpoints_view import CheckpointsView
+from desktop.ui.models.hub_panel import HubPanel
+from desktop.ui.widgets import Card, KeyValueGrid, note_label, read_only_table
+from desktop.workers import Job, JobManager
+
+LIBRARY_TAB, HUB_TAB = 0, 1
+COLUMNS = ["Name", "Architecture", "Parameters", "Type", "Context", "Size"]
+
+
+def _load_library(progress, cancelled) -> tuple[list[ModelEntry], list[CheckpointEntry], list[str]]:  # type: ignore[no-untyped-def]
+    library = Library()
+    skipped = library.sync_hf_cache()  # cached snapshots are listed offline, without a request
+    return library.models(), library.checkpoints(), skipped
+
+
+class ModelsPage(QWidget):
+    sig_models_changed = Signal(list)
+    """The library's entries after every reload (a list of :class:`ModelEntry`)."""
+
+    def __init__(self, jobs: JobManager, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._jobs = jobs
+        self.entries: list[ModelEntry] = []
+        self._select_after_reload: Path | None = None
+        self.setAcceptDrops(True)
+
+        title = QLabel("Models")
+        title.setObjectName("pageTitle")
+        self.status = note_label("Loading the library…")
+        self.add_button = QPushButton("Add GGUF…")
+        self.add_button.setToolTip("Add GGUF files from disk to the library (Ctrl+O); you can also drop them here")
+        self.add_button.clicked.connect(self.choose_files)
+        QShortcut(QKeySequence.StandardKey.Open, self, self.choose_files)
+        library_header = QHBoxLayout()
+        library_header.addWidget(self.status, 1)
+        library_header.addWidget(self.add_button)
+
+        self.table = read_only_table(COLUMNS)
+        self.table.setSortingEnabled(True)
+        self.table.itemSelectionChanged.connect(self._show_selected)
+
+        self.details = Card("Details")
+        self.details_grid = KeyValueGrid()
+        self.details_empty = note_label("Select a model to see its details.")
+        self.details.body.addWidget(self.details_empty)
+        self.details.body.addWidget(self.details_grid)
+        buttons = QHBoxLayout()
+        self.reveal_button = QPushButton("Show in folder")
+        self.reveal_button.clicked.connect(self.reveal_selected)
+        self.remove_button = QPushButton("Remove…")
+        self.remove_button.setToolTip("Remove from the library, optionally deleting the file (Delete)")
+        self.remove_button.clicked.connect(self.remove_selected)
+        QShortcut(QKeySequence.StandardKey.Delete, self.table, self.remove_selected)
+        buttons.addWidget(self.reveal_button)
+        buttons.addWidget(self.remove_button)
+        buttons.addStretch(1)
+        self.details.body.addLayout(buttons)
+        self.details.body.addStretch(1)
+
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(self.table)
+        splitter.addWidget(self.details)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 2)
+
+        library = QWidget()
+        library_layout = QVBoxLayout(library)
+        library_layout.setContentsMargins(0, 8, 0, 0)
+        library_layout.addLayout(library_header)
+        library_layout.addWidget(splitter, 1)
+        self.checkpoints = CheckpointsView(jobs)
+        self.checkpoints.sig_changed.connect(self.reload)
+        library_layout.addWidget(self.checkpoints)
+
+        self.hub_panel = HubPanel(jobs)
+        self.hub_panel.sig_model_added.connect(self.show_added_model)
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(library, "On this computer")
+        hub_scroll = QScrollArea()  # a small window scrolls instead of squeezing the panel
+        hub_scroll.setWidget(self.hub_panel)
+        hub_scroll.setWidgetResizable(True)
+        hub_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.tabs.addTab(hub_scroll, "Hugging Face")
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(20, 16, 20, 16)
+        layout.addWidget(title)
+        layout.addWidget(self.tabs, 1)
+        self._show_selected()
+
+    # ---- library
+    @Slot()
+    def reload(self) -> None:
+        job = Job("Read library", _load_library, visible=False)
+        job.sig_result.connect(self._show_library)
+        job.sig_error.connect(self._on_error)
+        self._jobs.start(job)
+
+    @Slot(object)
+    def show_added_model(self, path: Path) -> None:
+        """A model was downloaded into the library: show the library with it selected."""
+        self._select_after_reload = Path(path)
+        self.tabs.setCurrentIndex(LIBRARY_TAB)
+        self.reload()
+
+    @Slot(object)
+    def _show_library(self, loaded: tuple[list[ModelEntry], list[CheckpointEntry], list[str]]) -> None:
+        models, checkpoints, skipped = loaded
+        self.checkpoints.show_entries(checkpoints, skipped)
+        self.show_entries(models)
+
+    @Slot(object)
+    def show_entries(self, entries: list[ModelEntry]) -> None:
+        selected = self.selected_entry()
+        if self._select_after_reload is not None:
+            selected_path: Path | None = self._select_after_reload
+            self._select_after_reload = None
+        else:
+            selected_path = selected.path if selected is not None else None
+        self.entries = entries
+        self.table.setSortingEnabled(False)
+        self.table.setRowCount(len(entries))
+        for row, entry in enumerate(entries):
+            values = [
+                entry.name,
+                entry.architecture,
+                format_parameters(entry.parameters),
+                entry.quant_type,
+                f"{entry.context_length:,}" if entry.context_length else "–",
+                format_bytes(entry.size_bytes),
+            ]
+            for col, value in enumerate(values):
+                item = _SortItem(value, sort_key=_sort_key(entry, col))
+                item.setData(Qt.ItemDataRole.UserRole, entry.id)
+                if not entry.exists:
+                    item.setToolTip("The file is missing from disk.")
+                self.table.setItem(row, col, item)
+        self.table.setSortingEnabled(True)
+        count = len(entries)
+        self.status.setText(
+            f"{count} model{'s' if count != 1 else ''} on this computer."
+            if count
+            else "No models yet: add GGUF files with “Add GGUF…” or drop them on this page."
+        )
+        if selected_path is not None:
+            self.select_path(selected_path)
+        self._show_selected()
+        self.sig_models_changed.emit(entries)
+
+    def select_path(self, path: Path) -> None:
+        for row in range(self.table.rowCount()):
+            entry = self._entry_for_row(row)
+            if entry is not None and entry.path == Path(path):
+                self.table.selectRow(row)
+                return
+
+    def _entry_for_row(self, row: int) -> ModelEntry | None:
+        item = self.table.item(row, 0)
+        if item is None:
+            return None
+        model_id = item.data(Qt.ItemDataRole.UserRole)
+        return next((e for e in self.entries if e.id == model_id), None)
+
+    def selected_entry(self) -> ModelEntry | None:
+        rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
+        return self._entry_for_row(rows[0].row()) if rows else None
+
+    @Slot()
+    def _show_selected(self) -> None:
+        entry = self.selected_entry()
+        self.details_empty.setVisible(entry is None)
+        self.details_grid.setVisible(entry is not None)
+        self.reveal_button.setEnabled(entry is not None)
+        self.remove_button.setEnabled(entry is not None)
+        if entry is None:
+            return
+        self.details_grid.set_row("Name", entry.name)
+        self.details_grid.set_row("Architecture", entry.architecture)
+        self.details_grid.set_row("Parameters", f"{format_parameters(entry.parameters)} ({entry.parameters:,})")
+        self.details_grid.set_row("Quant type", entry.quant_type)
+        self.details_grid.set_row("Context length", f"{entry.context_length:,} tokens" if entry.context_length else "–")
+        self.details_grid.set_row("Size on disk", format_bytes(entry.size_bytes))
+        self.details_grid.set_row("Path", str(entry.path) + ("" if entry.exists else "  (missing)"))
+        self.details_grid.set_row("Source", entry.source)
+        self.details_grid.set_row("Imatrix", entry.imatrix or "–")
+        self.details_grid.set_row("Added", datetime.fromtimestamp(entry.added_at).strftime("%Y-%m-%d %H:%M"))
+
+    @Slot(object)
+    def _on_error(self, error: JobError) -> None:
+        self.status.setText(error.sentence())
+
+    # ---- adding
+    @Slot()
+    def choose_files(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(self, "Add GGUF models", str(Path.home()), "GGUF models (*.gguf)")
+        if files:
+            self.add_files([Path(f) for f in files])
+
+    def add_files(self, files: list[Path]) -> Job:
+        def add(progress, cancelled):  # type: ignore[no-untyped-def]
+            library = Library()
+            added = []
+            for i, path in enumerate(files):
+                progress(i, len(files), f"Reading {path.name}")
+                added.append(library.add_file(path, source="imported"))
+            return added
+
+        job = Job(f"Add {len(files)} model{'s' if len(files) != 1 else ''}", add)
+        job.sig_result.connect(lambda _: self.reload())
+        job.sig_error.connect(self._on_error)
+        self._jobs.start(job)
+        return job
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
+        paths = [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.isLocalFile()]
+        if any(p.suffix.lower() == ".gguf" or p.is_dir() for p in paths):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
+        """GGUF files join the library; folders are checked as Hugging Face checkpoints."""
+        paths = [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.isLocalFile()]
+        files = [p for p in paths if p.suffix.lower() == ".gguf"]
+        folders = [p for p in paths if p.is_dir()]
+        if files:
+            self.add_files(files)
+        if folders:
+            self.checkpoints.add_folders(folders)
+        if files or folders:
+            event.acceptProposedAction()
+
+    # ---- actions on the selection
+    @Slot()
+    def reveal_selected(self) -> None:
+        entry = self.selected_entry()
+        if entry is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(entry.path.parent)))
+
+    @Slot()
+    def remove_selected(self) -> None:
+        entry = self.selected_entry()
+        if entry is None:
+            return
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("Remove model")
+        box.setText(f"Remove “{entry.name}” ({entry.quant_type}) from the library?")
+        box.setInformativeText(f"{entry.path}\n\nYou can keep the file on disk or delete it.")
+        keep = box.addButton("Remove, keep file", QMessageBox.ButtonRole.AcceptRole)
+        delete = box.addButton("Delete file", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        clicked = box.clickedButton()
+        if clicked not in (keep, delete):
+            return
+        self.remove_entry(entry, delete_file=clicked is delete)
+
+    def remove_entry(self, entry: ModelEntry, *, delete_file: bool) -> Job:
+        job = Job(
+            f"Remove {entry.name}",
+            lambda progress, cancelled: Library().remove(entry.id, delete_file=delete_file),
+            visible=False,
+        )
+        job.sig_finished.connect(self.reload)
+        job.sig_error.connect(self._on_error)
+        self._jobs.start(job)
+        return job
+
+
+class _SortItem(QTableWidgetItem):
+    def __init__(self, text: str, sort_key: object) -> None:
+        super().__init__(text)
+        self._key = sort_key
+
+    def __lt__(self, other: QTableWidgetItem) -> bool:
+        if isinstance(other, _SortItem):
+            try:
+                return self._key < other._key  # type: ignore[operator]
+            except TypeError:
+                pass
+        return super().__lt__(other)
+
+
+def _sort_key(entry: ModelEntry, column: int) -> object:
+    return [
+        entry.name.lower(),
+        entry.architecture,
+        entry.parameters,
+        entry.quant_type,
+        entry.context_length,
+        entry.size_bytes,
+    ][column]
