@@ -69,7 +69,7 @@ def set_library(qtbot: QtBot, page: ComparePage) -> None:
     qtbot.waitUntil(lambda: page.load_job is not None and not page.load_job.is_active(), timeout=30_000)
 
 
-def settings(page: ComparePage) -> None:
+def small_run(page: ComparePage) -> None:
     page.selection.context.setValue(N_CTX)
     page.selection.chunks.setValue(CHUNKS)
 
@@ -83,7 +83,7 @@ def test_measure_fills_table_and_chart_and_results_come_back(qtbot: QtBot, jobs:
     assert [p.name for p in page.selection.checked_quants()] == ["tiny-Q8_0.gguf"]
     assert not page.selection.make_boxes["Q8_0"].isEnabled()  # it exists already
     assert page.table.rowCount() == 0 and page.last_load_message == LOADED_MESSAGE
-    settings(page)
+    small_run(page)
     page.selection.make_boxes["Q4_K_M"].setChecked(True)
 
     page.activateWindow()
@@ -134,7 +134,7 @@ def test_find_my_quant_makes_measures_and_recommends_within_limits(qtbot: QtBot,
                                                                    text: Path) -> None:
     page = open_page(qtbot, jobs, text)
     set_library(qtbot, page)
-    settings(page)
+    small_run(page)
     for name in ("Q8_0", "Q4_K_M", "Q2_K"):
         page.selection.make_boxes[name].setChecked(True)
     tensors = tensors_from_gguf(base)
@@ -191,7 +191,7 @@ def test_cancel_stops_the_run_and_leaves_no_partial_file(qtbot: QtBot, jobs: Job
 
     page = open_page(qtbot, jobs, text)
     set_library(qtbot, page)
-    settings(page)
+    small_run(page)
     for box in page.selection.make_boxes.values():
         box.setChecked(True)
     job = page.measure()

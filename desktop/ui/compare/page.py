@@ -10,18 +10,7 @@ import time
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtGui import QKeySequence, QShortcut
-from PySide6.QtWidgets import (
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QScrollArea,
-    QSizePolicy,
-    QSplitter,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtWidgets import QSplitter, QWidget
 
 from desktop import settings
 from desktop.errors import UserError
@@ -33,6 +22,7 @@ from desktop.ui.compare.find import FindPanel
 from desktop.eval.compare import Request, Row, find_job, load_job, measure_job
 from desktop.ui.compare.select import SelectionPanel
 from desktop.ui.compare.table import ResultsTable
+from desktop.ui.page import Page
 from desktop.ui.widgets import Card, note_label
 from desktop.workers import Job, JobManager
 
@@ -42,7 +32,7 @@ def _stretch_body(card: Card) -> None:
     card.layout().setStretch(2, 0)
 
 
-class ComparePage(QWidget):
+class ComparePage(Page):
     sig_finished = Signal()
     """A measure or find run ended (done, failed or cancelled); quants may have been added to the library."""
     sig_results_shown = Signal()
@@ -51,7 +41,8 @@ class ComparePage(QWidget):
     """Find my quant answered (a :class:`~desktop.eval.recommend.Recommendation`)."""
 
     def __init__(self, jobs: JobManager, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+        super().__init__("Compare", start="Measure",
+                         start_tip="Make the ticked types, then measure every ticked model", parent=parent)
         self._jobs = jobs
         self._report: Any | None = None
         self._generation = 0
@@ -60,34 +51,14 @@ class ComparePage(QWidget):
         self.last_load_message = ""
         self.rows: list[Row] = []
 
-        title = QLabel("Compare")
-        title.setObjectName("pageTitle")
         self.selection = SelectionPanel()
         self.selection.sig_base_changed.connect(self._on_base_changed)
         self.selection.sig_changed.connect(self._on_selection_changed)
-        self.measure_button = QPushButton("Measure")
-        self.measure_button.setDefault(True)
-        self.measure_button.setToolTip("Make the ticked types, then measure every ticked model (Ctrl+Enter)")
-        self.measure_button.clicked.connect(self.measure)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        for keys in ("Ctrl+Return", "Ctrl+Enter"):
-            shortcut = QShortcut(QKeySequence(keys), self, self.measure)
-            shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.progress.setTextVisible(False)
-        self.progress.setFixedHeight(8)
-        self.progress.setVisible(False)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.progress, 1)
-        buttons.addStretch(0)
-        buttons.addWidget(self.measure_button)
-        buttons.addWidget(self.cancel_button)
+        self.measure_button = self.start_button
+        self.sig_start.connect(self.measure)
+        self.sig_cancel.connect(self.cancel)
         pick = Card("What to compare")
         pick.body.addWidget(self.selection)
-        pick.body.addLayout(buttons)
 
         self.find = FindPanel()
         self.find.sig_find.connect(self.find_quant)
@@ -128,26 +99,7 @@ class ComparePage(QWidget):
         splitter.setStretchFactor(1, 2)
         splitter.setSizes([810, 300])
         splitter.setChildrenCollapsible(False)
-
-        self.status = note_label()
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        # one line: a word-wrapped label gives the page a height-for-width, and the scroll area then sizes it to
-        # its preferred height (taller than the window) instead of the window's
-        self.status.setWordWrap(False)
-        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        content = QWidget()
-        layout = QVBoxLayout(content)
-        layout.setContentsMargins(20, 16, 20, 16)
-        layout.addWidget(title)
-        layout.addWidget(splitter, 1)
-        layout.addWidget(self.status)
-        scroll = QScrollArea()
-        scroll.setWidget(content)
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        self.body.addWidget(splitter, 1)
         self._show_rows([])
         self._update_buttons()
 
@@ -235,9 +187,9 @@ class ComparePage(QWidget):
     def _update_buttons(self) -> None:
         running = self._running()
         ready = self.selection.base() is not None
-        self.measure_button.setEnabled(ready and not running)
+        self.set_can_start(ready)
+        self.set_running(running)
         self.find.find_button.setEnabled(ready and not running)
-        self.cancel_button.setEnabled(running)
 
     def request(self) -> Request:
         """The run the widgets describe; UserError with the sentence to show when it cannot start."""
@@ -293,8 +245,6 @@ class ComparePage(QWidget):
         job.sig_cancelled.connect(self._on_cancelled)
         job.sig_finished.connect(self._on_finished)
         self.run_job = job
-        self.progress.setValue(0)
-        self.progress.setVisible(True)
         self._jobs.start(job)
         self._update_buttons()
         self.status.setText(message)
@@ -308,7 +258,7 @@ class ComparePage(QWidget):
 
     @Slot(float, float, str)
     def _on_progress(self, done: float, total: float, message: str) -> None:
-        self.progress.setValue(int(1000 * done / total) if total else 0)
+        self.set_progress(done, total)
         self.status.setText(message)
 
     @Slot(object)
@@ -339,6 +289,5 @@ class ComparePage(QWidget):
 
     @Slot()
     def _on_finished(self) -> None:
-        self.progress.setVisible(False)
         self._update_buttons()
         self.sig_finished.emit()

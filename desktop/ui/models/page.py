@@ -11,7 +11,6 @@ from PySide6.QtGui import QDesktopServices, QDragEnterEvent, QDropEvent, QKeySeq
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
-    QLabel,
     QMessageBox,
     QPushButton,
     QScrollArea,
@@ -27,6 +26,7 @@ from desktop.jobs import JobError, format_bytes
 from desktop.library import CheckpointEntry, Library, ModelEntry
 from desktop.ui.models.checkpoints_view import CheckpointsView
 from desktop.ui.models.hub_panel import HubPanel
+from desktop.ui.page import Page
 from desktop.ui.widgets import Card, KeyValueGrid, note_label, read_only_table
 from desktop.workers import Job, JobManager
 
@@ -40,26 +40,24 @@ def _load_library(progress, cancelled) -> tuple[list[ModelEntry], list[Checkpoin
     return library.models(), library.checkpoints(), skipped
 
 
-class ModelsPage(QWidget):
+class ModelsPage(Page):
     sig_models_changed = Signal(list)
     """The library's entries after every reload (a list of :class:`ModelEntry`)."""
 
     def __init__(self, jobs: JobManager, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+        super().__init__("Models", start=None, scroll=False, parent=parent)  # the Hub tab scrolls on its own
         self._jobs = jobs
         self.entries: list[ModelEntry] = []
         self._select_after_reload: Path | None = None
         self.setAcceptDrops(True)
 
-        title = QLabel("Models")
-        title.setObjectName("pageTitle")
-        self.status = note_label("Loading the library…")
+        self.status.setText("Loading the library…")
         self.add_button = QPushButton("Add GGUF…")
         self.add_button.setToolTip("Add GGUF files from disk to the library (Ctrl+O); you can also drop them here")
         self.add_button.clicked.connect(self.choose_files)
         QShortcut(QKeySequence.StandardKey.Open, self, self.choose_files)
         library_header = QHBoxLayout()
-        library_header.addWidget(self.status, 1)
+        library_header.addStretch(1)
         library_header.addWidget(self.add_button)
 
         self.table = read_only_table(COLUMNS)
@@ -110,10 +108,7 @@ class ModelsPage(QWidget):
         hub_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         self.tabs.addTab(hub_scroll, "Hugging Face")
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(20, 16, 20, 16)
-        layout.addWidget(title)
-        layout.addWidget(self.tabs, 1)
+        self.body.addWidget(self.tabs, 1)
         self._show_selected()
 
     # ---- library
