@@ -12,7 +12,7 @@ import pytest
 from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
-from desktop import settings
+from desktop.settings import models_dir
 from desktop.quant.imatrix import default_calibration_text
 from desktop.library import Library
 from desktop.quant.quantize import quantize_many
@@ -39,7 +39,7 @@ def jobs() -> Iterator[JobManager]:
 @pytest.fixture
 def base() -> Path:
     """A tiny F16 model in the library's models folder (this test's own data folder)."""
-    folder = settings.models_dir()
+    folder = models_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = write_tiny_llama(folder / "tiny-F16.gguf", n_layer=4)
     Library().add_file(path)
@@ -91,7 +91,7 @@ def test_measure_fills_table_and_chart_and_results_come_back(qtbot: QtBot, jobs:
     with qtbot.waitSignal(page.sig_finished, timeout=RUN_TIMEOUT):
         qtbot.keyClick(page.selection.quant_list, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
     assert page.run_job is not None and page.run_job.state is JobState.DONE, page.status.text()
-    assert (settings.models_dir() / "tiny-Q4_K_M.gguf").is_file()
+    assert (models_dir() / "tiny-Q4_K_M.gguf").is_file()
 
     types = ["F16", "Q8_0", "Q4_K_M"]
     assert sorted(page.table.text(t, "Type").split(" ")[0] for t in types) == sorted(types)
@@ -158,7 +158,7 @@ def test_find_my_quant_makes_measures_and_recommends_within_limits(qtbot: QtBot,
     lines = page.find.lines()
     assert any(line.startswith("Runner-up: Q4_K_M") for line in lines), lines
     assert any(line.startswith("Rejected Q8_0") and "estimate" in line for line in lines), lines
-    assert not (settings.models_dir() / "tiny-Q8_0.gguf").exists()  # could not fit: not made
+    assert not (models_dir() / "tiny-Q8_0.gguf").exists()  # could not fit: not made
     qtbot.waitUntil(lambda: not page.cancel_button.isEnabled(), timeout=10_000)
     assert sorted(page.table.text(t, "Type").split(" ")[0] for t in ("F16", "Q4_K_M", "Q2_K")) == \
         ["F16", "Q2_K", "Q4_K_M"]
@@ -181,7 +181,7 @@ def test_the_calibration_text_is_refused(qtbot: QtBot, jobs: JobManager, base: P
         job = page.measure()
     assert job is not None and job.state is JobState.FAILED
     assert page.status.text().startswith(CALIBRATION_REFUSAL)
-    assert not (settings.models_dir() / "tiny-Q8_0.gguf").exists()
+    assert not (models_dir() / "tiny-Q8_0.gguf").exists()
     assert page.table.rowCount() == 0
 
 
@@ -201,5 +201,5 @@ def test_cancel_stops_the_run_and_leaves_no_partial_file(qtbot: QtBot, jobs: Job
         qtbot.mouseClick(page.cancel_button, Qt.MouseButton.LeftButton)
     assert job.state is JobState.CANCELLED
     assert page.status.text().startswith("Cancelled.")
-    assert not any(p.name.endswith(PARTIAL_SUFFIX) for p in settings.models_dir().iterdir())
+    assert not any(p.name.endswith(PARTIAL_SUFFIX) for p in models_dir().iterdir())
     assert page.measure_button.isEnabled() and not page.cancel_button.isEnabled() and page.table.rowCount() == 0
