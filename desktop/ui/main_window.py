@@ -100,8 +100,8 @@ class MainWindow(QMainWindow):
         self.jobs.start(first)
 
     @Slot(object)
-    def _on_first_launch(self, path: object) -> None:
-        if path is not None:
+    def _on_first_launch(self, added: object) -> None:
+        if added:
             self.models_page.reload()
 
     @Slot(object)

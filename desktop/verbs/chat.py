@@ -1,4 +1,5 @@
-"""``quantdesk chat MODEL.gguf --prompt TEXT [--json]``: one answer from the chat engine, with its metrics."""
+"""``quantdesk chat [MODEL.gguf] --prompt TEXT [--json]``: one answer from the chat engine, with its metrics; without
+MODEL, the default chat model (:mod:`desktop.chat_model`)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ def register(subparsers: Any) -> None:
         description="Load MODEL in the chat engine (a child process), answer PROMPT once, and print the reply "
         "with prompt and generation tokens/second and time to first token, as llama.cpp measured them.",
     )
-    parser.add_argument("model", help="a .gguf file")
+    parser.add_argument("model", nargs="?", default=None,
+                        help="a .gguf file (default: the bundled chat model, SmolLM2 135M Instruct)")
     parser.add_argument("--prompt", required=True, help="the user's message")
-    parser.add_argument("--system", default="", help="a system prompt")
+    parser.add_argument("--system", default="", help="a system prompt (the default model has one of its own)")
     parser.add_argument("--ctx", type=int, default=2048, help="context length (default 2048)")
     parser.add_argument("--gpu-layers", type=int, default=0, help="layers to offload to the GPU (default 0)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")
@@ -37,10 +39,13 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from desktop.chat.engine import Engine, LoadOptions, Sampling
+    from desktop.chat_model import ensure_chat_model, system_prompt_for
     from desktop.settings import load_settings
 
+    model = args.model or str(ensure_chat_model())
+    system = system_prompt_for(model, args.system)
     options = LoadOptions(
-        path=args.model,
+        path=model,
         n_ctx=args.ctx,
         n_gpu_layers=args.gpu_layers,
         n_threads=args.threads,
@@ -56,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         seed=args.seed,
     )
-    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+    messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": args.prompt}
     ]
     engine = Engine()

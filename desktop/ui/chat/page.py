@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
 from desktop.memory import offload
 from desktop.chat.templates import FALLBACK_TEMPLATES
 from desktop.chat.conversations import Conversation, ConversationStore, Message
-from desktop.demo_model import DEMO_SOURCE
+from desktop.chat_model import CHAT_SOURCE, system_prompt_for
 from desktop.chat.engine import LoadOptions, ReplyMetrics
 from desktop.jobs import JobError
 from desktop.library import ModelEntry
@@ -284,7 +284,7 @@ class ChatPage(QWidget):
     # ================================================================== inputs from the window
     @Slot(list)
     def set_models(self, entries: list[ModelEntry]) -> None:
-        """The library changed: refill the picker, keeping the choice; preselect the demo model on first launch."""
+        """The library changed: refill the picker, keeping the choice; preselect the chat model on first launch."""
         current = self.current_entry()
         self.entries = list(entries)
         self.model_combo.blockSignals(True)
@@ -294,7 +294,7 @@ class ChatPage(QWidget):
             self.model_combo.setItemData(self.model_combo.count() - 1, str(entry.path), Qt.ItemDataRole.ToolTipRole)
         keep = next((i for i, e in enumerate(self.entries) if current and e.path == current.path), -1)
         if keep < 0:
-            keep = next((i for i, e in enumerate(self.entries) if e.source == DEMO_SOURCE), 0 if self.entries else -1)
+            keep = next((i for i, e in enumerate(self.entries) if e.source == CHAT_SOURCE), 0 if self.entries else -1)
         self.model_combo.setCurrentIndex(keep)
         self.model_combo.blockSignals(False)
         if self.current_entry() != current or current is None:
@@ -448,7 +448,8 @@ class ChatPage(QWidget):
         }
 
     def engine_messages(self) -> list[dict[str, str]]:
-        system = self.settings.system_text()
+        entry = self.current_entry()
+        system = system_prompt_for(entry.path if entry else "", self.settings.system_text())
         out = [{"role": "system", "content": system}] if system else []
         return out + [{"role": t.role, "content": t.content} for t in self.turns]
 
