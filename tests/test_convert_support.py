@@ -128,35 +128,10 @@ def gguf_meta(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def gguf_tensor_bytes(path: Path, name: str) -> np.ndarray:
-    """The stored bytes of one tensor of a GGUF file, found by walking the header."""
-    import mmap
+    """The stored bytes of one tensor of a GGUF file, found through the reader's tensor table."""
+    from desktop.gguf.reader import read_gguf, tensor_data
 
-    import gguf
-
-    from desktop.gguf.reader import _Cursor
-
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        cur = _Cursor(buf, path.name)
-        cur.pos = 8
-        n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
-        alignment = 32
-        for _ in range(n_kv):
-            key = cur.string()
-            value = cur.value(cur.scalar("<I"))
-            if key == "general.alignment":
-                alignment = int(value)
-        found = None
-        for _ in range(n_tensors):
-            tname = cur.string()
-            shape = [cur.scalar("<Q") for _ in range(cur.scalar("<I"))]
-            qtype = gguf.GGMLQuantizationType(cur.scalar("<I"))
-            offset = cur.scalar("<Q")
-            if tname == name:
-                block, size = gguf.GGML_QUANT_SIZES[qtype]
-                found = (offset, int(np.prod(shape)) // block * size)
-        assert found is not None, name
-        start = cur.pos + (-cur.pos % alignment) + found[0]
-        return np.frombuffer(buf[start:start + found[1]], dtype=np.uint8).copy()
+    return np.array(tensor_data(read_gguf(path), name))
 
 
 Check = Callable[[np.ndarray], None]

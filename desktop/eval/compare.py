@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from desktop.memory import offload
 from desktop.quant import types as quant_types
@@ -24,6 +24,9 @@ from desktop.errors import UserError
 from desktop.eval.evaluate import EvalResult
 from desktop.jobs import CancelledFn, ProgressFn, check_cancelled, format_bytes
 from desktop.library import ModelEntry
+
+if TYPE_CHECKING:
+    from desktop.gguf.reader import GGUFInfo
 
 LOADED_MESSAGE = "loaded stored results"
 """The load job's last progress message: it read the store and measured nothing."""
@@ -113,11 +116,9 @@ class Request:
     out_dir: Path
 
 
-def _shape(path: Path) -> offload.ModelShape | None:
-    from desktop.gguf.reader import read_gguf
-
+def _shape(info: GGUFInfo) -> offload.ModelShape | None:
     try:
-        return offload.model_shape(read_gguf(path))
+        return offload.model_shape(info)
     except (UserError, OSError, KeyError, ValueError):
         return None
 
@@ -125,9 +126,9 @@ def _shape(path: Path) -> offload.ModelShape | None:
 def _row(path: Path, parameters: int, base: Path, result: EvalResult | None) -> Row:
     from desktop.gguf.reader import read_gguf
 
-    info = read_gguf(path)
+    info = read_gguf(path)  # read once: the row and its memory shape both come from this header
     return Row(str(path), result.quant_type if result else info.quant_type, path.stat().st_size,
-               parameters or info.parameter_count, path.resolve() == base.resolve(), result, _shape(path))
+               parameters or info.parameter_count, path.resolve() == base.resolve(), result, _shape(info))
 
 
 def load_job(base: Path, quants: Sequence[Path], parameters: int, *, progress: ProgressFn,

@@ -560,13 +560,9 @@ def tensors_from_gguf(path: Path | str) -> ModelTensors:
         n_layer = kv.get(f"{arch}.block_count")
         if isinstance(n_layer, int):
             hp["n_layer"] = n_layer
-        n_head, n_head_kv = kv.get(f"{arch}.attention.head_count"), kv.get(f"{arch}.attention.head_count_kv")
-        n_head = n_head[0] if isinstance(n_head, list) and n_head else n_head
-        n_head_kv = n_head_kv[0] if isinstance(n_head_kv, list) and n_head_kv else n_head_kv
-        if isinstance(n_head, int) and n_head_kv is None:
-            n_head_kv = n_head
-        if isinstance(n_head, int) and isinstance(n_head_kv, int) and n_head_kv > 0:
-            hp["n_gqa"] = n_head // n_head_kv
+        heads, heads_kv = info.head_counts()
+        if heads and heads_kv and heads_kv[0] > 0:  # llama.cpp's quantizer reads layer 0's heads
+            hp["n_gqa"] = heads[0] // heads_kv[0]
         n_expert = kv.get(f"{arch}.expert_count")
         if isinstance(n_expert, int):
             hp["n_expert"] = n_expert

@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     from desktop.memory.fit import machine_memory
-    from desktop.hub.repo import fit_rows, inspect_repo
+    from desktop.hub.inspect import inspect_repo
+    from desktop.hub.repo import fit_rows
 
     if args.context <= 0:
         from desktop.errors import UserError
