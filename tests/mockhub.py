@@ -13,7 +13,8 @@ without access) to downloads; an unknown token gets 401 "Invalid credentials in 
 
 Faults, each for the next ``times`` matching requests: :meth:`MockHub.drop_after` (close the connection after N
 body bytes), :meth:`MockHub.fail` (answer an HTTP status), :meth:`MockHub.throttle` (stream at a set rate until the
-client goes away) and :meth:`MockHub.hang` (answer nothing until released). Every request is recorded, without
+client goes away), :meth:`MockHub.hang` (answer nothing until released) and :meth:`MockHub.ignore_range` (answer 200
+with the whole file, like a proxy that drops ``Range``). Every request is recorded, without
 the token.
 
 Also here: builders for real test files (safetensors written by hand, GGUF written with ``gguf.GGUFWriter``),
@@ -154,7 +155,7 @@ class Request:
 
 @dataclass
 class _Fault:
-    kind: str  # "drop", "fail", "throttle", "hang"
+    kind: str  # "drop", "fail", "throttle", "hang", "ignore_range"
     repo_id: str | None
     filename: str | None
     method: str | None
@@ -225,6 +226,10 @@ class MockHub:
     def throttle(self, repo_id: str, filename: str, bytes_per_second: int, times: int = 1) -> None:
         """The next ``times`` GETs of the file stream at about ``bytes_per_second`` until the client leaves."""
         self._add_fault(_Fault("throttle", repo_id, filename, "GET", times, bytes_per_second))
+
+    def ignore_range(self, repo_id: str, filename: str, times: int = 1) -> None:
+        """The next ``times`` GETs of the file answer 200 with the whole file, as a proxy that drops ``Range``."""
+        self._add_fault(_Fault("ignore_range", repo_id, filename, "GET", times))
 
     def hang(self, route: str, times: int = 1) -> None:
         """The next ``times`` requests of ``route`` ("info", "tree", "resolve", "search") get no answer until
@@ -486,6 +491,9 @@ class _Handler(BaseHTTPRequestHandler):
         start, end = 0, size
         status = 200
         range_header = self.headers.get("Range")
+        if range_header and self.command == "GET" and mock._take_fault("ignore_range", "resolve", "GET",
+                                                                         repo.repo_id, filename):
+            range_header = None
         if range_header:
             parsed = _parse_range(range_header, size)
             if parsed is None:

@@ -285,3 +285,49 @@ def test_real_tokenizers_map_to_llama_cpp_names(tmp_path: Path) -> None:
     for fixture, name in (("llama3", "llama-bpe"), ("qwen3", "qwen2")):
         folder = assemble(fixture, tmp_path)
         assert identify_pretokenizer(json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))) == name
+
+
+def test_index_shard_names_outside_the_folder_are_refused(sharded: Path, tmp_path: Path) -> None:
+    """13-Low: an index naming ``../x.safetensors`` made the converter read a file outside the model's folder."""
+    outside = tmp_path / "outside.safetensors"
+    shutil.copy(next(sharded.glob("model-*.safetensors")), outside)
+    index = next(sharded.glob("*.safetensors.index.json"))
+    data = json.loads(index.read_text())
+    name = next(iter(data["weight_map"]))
+    data["weight_map"][name] = "../outside.safetensors"
+    index.write_text(json.dumps(data))
+    refuse(sharded, tmp_path, "corrupt_checkpoint", "outside.safetensors", "not a safetensors file in")
+
+
+@pytest.mark.parametrize(("shape", "words"), [([-1, 4], "malformed"), ([2**40, 2**40], "too large")])
+def test_shapes_negative_or_past_int64_are_refused(tiny: Path, tmp_path: Path, shape: list[int],
+                                                   words: str) -> None:
+    """13-Low: a negative shape or one whose product overflows int64 passed the size check (numpy's int64
+    product wrapped around to the stored size)."""
+    weights = tiny / "model.safetensors"
+    data = weights.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["shape"] = shape
+    raw = json.dumps(header).encode()
+    weights.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+    refuse(tiny, tmp_path, "corrupt_checkpoint", words)
+
+
+@pytest.mark.parametrize("value", ["Infinity", "NaN", "-Infinity"])
+def test_infinity_in_config_is_one_sentence(tiny: Path, tmp_path: Path, value: str) -> None:
+    """13-Low: ``Infinity`` in config.json is valid JSON to Python and ended in OverflowError."""
+    config = tiny / "config.json"
+    text = config.read_text()
+    config.write_text(text.replace('"num_hidden_layers": ', f'"num_hidden_layers": {value}, "was": '))
+    refuse(tiny, tmp_path, "corrupt_checkpoint", value)
+
+
+def test_a_config_with_20000_layers_is_refused_at_once(tiny: Path, tmp_path: Path) -> None:
+    """13.1: numbers from a config are bounded before anything loops over them."""
+    config = tiny / "config.json"
+    data = json.loads(config.read_text())
+    data["num_hidden_layers"] = 20_000
+    config.write_text(json.dumps(data))
+    refuse(tiny, tmp_path, "corrupt_checkpoint", "num_hidden_layers is 20000")

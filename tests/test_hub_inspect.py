@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,55 @@ def test_inspect_agrees_with_the_converter_on_architectures() -> None:
     mapping, sentence = convertible_architectures()
     assert set(mapping) == set(SUPPORTED) == set(_FALLBACK_ARCHITECTURES)
     assert mapping == _FALLBACK_ARCHITECTURES and "Qwen3" in sentence
+
+
+def test_a_server_that_ignores_range_is_read_only_as_far_as_asked(mock_hub: MockHub, tmp_path: Path) -> None:  # noqa: F811
+    """13.9: header reads buffered whole responses when a proxy ignored Range (a 200 MB body added 412 MB)."""
+    import tracemalloc
+
+    small = gguf_files(tmp_path, "big-Q8_0", "Q8_0")["big-Q8_0.gguf"]
+    big = tmp_path / "big-Q8_0.gguf"
+    with open(big, "wb") as f:  # the real header, then a 200 MB hole: a big model's file on the server
+        f.write(small.read_bytes())
+        f.truncate(200 * 1024 * 1024)
+    mock_hub.add_repo("org/big-GGUF", {"big-Q8_0.gguf": big})
+    mock_hub.ignore_range("org/big-GGUF", "big-Q8_0.gguf", times=10)
+    tracemalloc.start()
+    try:
+        report = inspect("org/big-GGUF")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report.kind == "gguf" and report.parameter_count == 4 * 256 * 256 + 512 * 256 + 256
+    assert any(r.filename == "big-Q8_0.gguf" and r.range for r in mock_hub.requests)
+    assert peak < 32 * 1024 * 1024, peak
+
+
+def safetensors_with_shape(shape: list[int]) -> bytes:
+    raw = json.dumps({"w": {"dtype": "BF16", "shape": shape, "data_offsets": [0, 32]}}).encode()
+    return struct.pack("<Q", len(raw)) + raw + bytes(32)
+
+
+@pytest.mark.parametrize(
+    ("files", "words"),
+    [
+        ({"config.json": json.dumps({**llama_config(2, 64, 4, 4, 128, 256), "pad": "x" * (5 * 1024 * 1024)}),
+          "model.safetensors": safetensors_bytes({"w": ("BF16", (4, 4))})}, "config.json"),
+        ({"config.json": json.dumps(llama_config(2, 64, 4, 4, 128, 256)),
+          "model.safetensors.index.json": json.dumps({"weight_map": {"w": "../../evil.safetensors"}}),
+          "model.safetensors": safetensors_bytes({"w": ("BF16", (4, 4))})}, "evil.safetensors"),
+        ({"config.json": json.dumps(llama_config(2, 64, 4, 4, 128, 256)),
+          "model.safetensors": safetensors_with_shape([-4, -4])}, "malformed"),
+        ({"config.json": json.dumps(llama_config(2, 64, 4, 4, 128, 256)),
+          "model.safetensors": safetensors_with_shape([2**32, 2**32, 2**32])}, "too large"),
+        ({"config.json": json.dumps(llama_config(2, 64, 4, 4, 128, 256)).replace("2048", "Infinity"),
+          "model.safetensors": safetensors_bytes({"w": ("BF16", (4, 4))})}, "Infinity"),
+    ],
+    ids=["config-over-cap", "index-outside-the-folder", "negative-shape", "shape-over-int64", "infinity"],
+)
+def test_files_no_model_has_are_one_sentence(mock_hub: MockHub, files: dict, words: str) -> None:  # noqa: F811
+    """13.9 (JSON capped) and 13-Low: shard names outside the folder, negative or int64-overflowing shapes,
+    ``Infinity`` in config.json: each one sentence, never a traceback or a read outside the repo."""
+    mock_hub.add_repo("org/odd", files)
+    error = expect_error("bad_repo", "org/odd")
+    assert words in error.message, error.message

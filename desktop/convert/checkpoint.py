@@ -5,13 +5,13 @@ Every refusal is a :class:`~desktop.errors.UserError` with one sentence and a ne
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from desktop.convert.safetensors import FLOAT_DTYPES, TensorRef, open_checkpoint
+from desktop.convert.safetensors import FLOAT_DTYPES, TensorRef, loads_strict, open_checkpoint
 from desktop.errors import UserError
+from desktop.gguf.limits import BadNumber, check_config_numbers
 
 # The Hugging Face class names QuantDesk converts, and the name shown to people.
 SUPPORTED: dict[str, str] = {
@@ -47,16 +47,39 @@ class Checkpoint:
         return SUPPORTED[self.architecture]
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # real config.json files are a few KB
+
+
+def parse_config(raw: bytes, where: str) -> dict[str, Any]:
+    """A ``config.json``'s bytes as a dict whose numbers are all within what a model has; ``where`` names it in
+    the sentence ("config.json in org/model"). Raises UserError."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path.name} in {path.parent.name} cannot be read ({exc}).",
-                        "Download the model again.", kind="corrupt_checkpoint") from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ValueError(f"it is larger than {MAX_CONFIG_BYTES // 1024} KiB, far more than any real config")
+        data = loads_strict(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{where} cannot be read ({str(exc)[:120]}).", "Download the model again.",
+                        kind="corrupt_checkpoint") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path.name} in {path.parent.name} is not a JSON object.", "Download the model again.",
-                        kind="corrupt_checkpoint")
+        raise UserError(f"{where} is not a JSON object.", "Download the model again.", kind="corrupt_checkpoint")
+    try:
+        check_config_numbers(data)
+    except BadNumber as exc:
+        raise UserError(f"{where} does not describe a real model: {exc}.",
+                        "Use the model's original release; this config.json looks damaged or made up.",
+                        kind="corrupt_checkpoint") from None
     return data
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    where = f"{path.name} in {path.parent.name}"
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # one byte more than allowed is enough to refuse it
+    except OSError as exc:
+        raise UserError(f"{where} cannot be read ({exc.strerror}).", "Download the model again.",
+                        kind="corrupt_checkpoint") from None
+    return parse_config(raw, where)
 
 
 def text_hparams(config: dict[str, Any]) -> dict[str, Any]:

@@ -192,7 +192,7 @@ def plan_download(ref: RepoRef, ctx: HubContext, pattern: str | None = None) -> 
     present = {f.path for f in listing.files if (snapshot / f.path).is_file()}  # before config.json is read
     config = weights = None
     if not pattern and hub_inspect.classify_files([f.path for f in listing.files])[0] == "checkpoint":
-        config = hub_inspect.read_json(listing, ctx, "config.json")
+        config = hub_inspect.read_config(listing, ctx)
         weights = hub_inspect.weight_files(listing, ctx)
     kind, files = select_files(listing, pattern, config, weights)
     cached = [f.path for f in files if f.path in present]

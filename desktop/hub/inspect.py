@@ -8,19 +8,19 @@ from the header), hyperparameters from one model's header. Files already in the 
 
 from __future__ import annotations
 
-import json
 import logging
-import struct
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from desktop.errors import UserError
 from desktop.memory.fit import attention_from_config, attention_from_gguf
+from desktop.convert.safetensors import shard_path
 from desktop.hub.errors import hub_errors
+from desktop.hub.fetch import range_fetcher, read_config, read_index, safetensors_header
 from desktop.hub.repo import (HubContext, QuantPrediction, RepoListing, RepoReport, describe, hub_context, list_repo,
                               parse_repo_ref)
+from desktop.gguf.limits import check_gguf_numbers
 from desktop.gguf.remote import GgufHeader, group_gguf_files, read_gguf_header
 from desktop.jobs import CancelledFn, ProgressFn, check_cancelled
 
@@ -127,97 +127,6 @@ _QUANTIZED_NEXT = "Use the original, unquantized model (its page usually links i
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Reading files: from the local snapshot when they are there, else from the Hub
-
-
-def _local(listing: RepoListing, ctx: HubContext, path: str) -> Path | None:
-    from desktop.hub.repo import storage_folder
-
-    candidate = storage_folder(ctx.cache_dir, listing.repo_id) / "snapshots" / listing.sha / path
-    return candidate if candidate.is_file() else None
-
-
-class _Silent:
-    """A progress bar that shows nothing (huggingface_hub's own bars would print to the terminal)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __enter__(self) -> _Silent:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-    def update(self, n: float | None = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def read_json(listing: RepoListing, ctx: HubContext, path: str) -> Any:
-    """A small JSON file of the repo, fetched into the cache (conversion needs it anyway) and parsed."""
-    local = _local(listing, ctx, path)
-    if local is None:
-        from huggingface_hub import hf_hub_download
-
-        local = Path(hf_hub_download(
-            listing.repo_id, path, revision=listing.sha, cache_dir=ctx.cache_dir, endpoint=ctx.endpoint,
-            token=ctx.token, etag_timeout=ctx.timeout, tqdm_class=_Silent,
-        ))
-    try:
-        return json.loads(local.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} in {listing.repo_id} is not valid JSON ({exc}).",
-                        "The repository looks broken; try another one.", kind="bad_repo") from exc
-
-
-def _range_fetcher(listing: RepoListing, ctx: HubContext, path: str) -> Callable[[int, int], bytes]:
-    local = _local(listing, ctx, path)
-    if local is not None:
-        def read_local(start: int, end: int) -> bytes:
-            with open(local, "rb") as f:
-                f.seek(start)
-                return f.read(end - start)
-
-        return read_local
-    from huggingface_hub import hf_hub_url
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
-
-    url = hf_hub_url(listing.repo_id, path, revision=listing.sha, endpoint=ctx.endpoint)
-    headers = build_hf_headers(token=ctx.token, library_name="quantdesk")
-
-    def fetch(start: int, end: int) -> bytes:
-        response = get_session().get(url, headers={**headers, "Range": f"bytes={start}-{end - 1}"},
-                                     timeout=ctx.timeout)
-        hf_raise_for_status(response)
-        data = response.content
-        return data[start:end] if response.status_code == 200 else data
-
-    return fetch
-
-
-def safetensors_header(listing: RepoListing, ctx: HubContext, path: str) -> dict[str, Any]:
-    """The JSON header of a safetensors file: ``{name: {"dtype", "shape", "data_offsets"}}``."""
-    fetch = _range_fetcher(listing, ctx, path)
-    size = listing.size_of(path)
-    first = fetch(0, min(size, 100_000) if size else 100_000)
-    if len(first) < 8:
-        raise UserError(f"{path} in {listing.repo_id} is not a safetensors file.", kind="bad_repo")
-    n = struct.unpack("<Q", first[:8])[0]
-    if n > 100_000_000 or (size and n + 8 > size):
-        raise UserError(f"{path} in {listing.repo_id} has a broken safetensors header.", kind="bad_repo")
-    raw = first[8 : 8 + n] if len(first) >= 8 + n else first[8:] + fetch(len(first), 8 + n)
-    try:
-        header = json.loads(raw)
-    except ValueError as exc:
-        raise UserError(f"{path} in {listing.repo_id} has a broken safetensors header.", kind="bad_repo") from exc
-    header.pop("__metadata__", None)
-    return dict(header)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Checkpoints
 
 
@@ -225,8 +134,15 @@ def weight_files(listing: RepoListing, ctx: HubContext) -> tuple[list[str], str 
     paths = {f.path for f in listing.files}
     index = "model.safetensors.index.json"
     if index in paths:
-        weight_map = (read_json(listing, ctx, index) or {}).get("weight_map") or {}
-        shards = sorted(set(weight_map.values()))
+        data = read_index(listing, ctx, index)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict):
+            raise UserError(f"{index} in {listing.repo_id} is not a valid index.",
+                            "The repository looks broken; try another one.", kind="bad_repo")
+        try:
+            shards = sorted({shard_path(Path("."), Path(index), s).name for s in weight_map.values()})
+        except UserError as exc:
+            raise UserError(exc.message, "The repository looks broken; try another one.", kind="bad_repo") from None
         if shards and all(s in paths for s in shards):
             return shards, index
     if "model.safetensors" in paths:
@@ -239,9 +155,7 @@ def weight_files(listing: RepoListing, ctx: HubContext) -> tuple[list[str], str 
 def _checkpoint_report(report: RepoReport, listing: RepoListing, ctx: HubContext, progress: ProgressFn,
                        cancelled: CancelledFn) -> RepoReport:
     progress(0, 0, "Reading config.json...")
-    config = read_json(listing, ctx, "config.json")
-    if not isinstance(config, dict):
-        return _unsupported(report, "Its config.json does not describe a model.")
+    config = read_config(listing, ctx)
     quantized = quantized_checkpoint_reason(config)
     if quantized:
         return _unsupported(report, quantized, _QUANTIZED_NEXT)
@@ -257,8 +171,8 @@ def _checkpoint_report(report: RepoReport, listing: RepoListing, ctx: HubContext
     for i, path in enumerate(shards):
         check_cancelled(cancelled)
         progress(i, len(shards), f"Reading the tensor list of {path} ({i + 1} of {len(shards)})...")
-        for name, info in safetensors_header(listing, ctx, path).items():
-            tensors[name] = (str(info.get("dtype", "")), tuple(int(d) for d in info.get("shape", ())))
+        for name, entry in safetensors_header(listing, ctx, path).items():
+            tensors[name] = (entry.dtype, entry.shape)
     counts: Counter[str] = Counter()
     for dtype, shape in tensors.values():
         n = 1
@@ -345,16 +259,21 @@ def predict_quant_sizes(tensors: dict[str, tuple[str, tuple[int, ...]]], gguf_ar
 # GGUF repos
 
 
-def _gguf_header(listing: RepoListing, ctx: HubContext, path: str, *, need_tensors: bool) -> GgufHeader:
-    fetch = _range_fetcher(listing, ctx, path)
+def _gguf_header(listing: RepoListing, ctx: HubContext, path: str, *, need_tensors: bool,
+                 cancelled: CancelledFn) -> GgufHeader:
+    fetch = range_fetcher(listing, ctx, path)
     size = listing.size_of(path)
     try:
         if need_tensors:
-            return read_gguf_header(fetch, size)
-        return read_gguf_header(fetch, size, first=256 * 1024, limit=256 * 1024, partial=True)
-    except (ValueError, struct.error) as exc:
+            header = read_gguf_header(fetch, size, cancelled=cancelled)
+        else:
+            header = read_gguf_header(fetch, size, first=256 * 1024, limit=256 * 1024, partial=True,
+                                      cancelled=cancelled)
+        check_gguf_numbers(header.metadata)
+    except ValueError as exc:
         raise UserError(f"{path} in {listing.repo_id} is not a readable GGUF file ({exc}).",
-                        "Choose another file of the repository.", kind="bad_repo") from exc
+                        "Choose another file of the repository.", kind="bad_repo") from None
+    return header
 
 
 def _gguf_report(report: RepoReport, listing: RepoListing, ctx: HubContext, progress: ProgressFn,
@@ -368,11 +287,11 @@ def _gguf_report(report: RepoReport, listing: RepoListing, ctx: HubContext, prog
     complete = [m for m in models if m.complete] or models
     sample = min(complete, key=lambda m: m.size_bytes)
     progress(0, 0, f"Reading the header of {sample.files[0]}...")
-    header = _gguf_header(listing, ctx, sample.files[0], need_tensors=True)
+    header = _gguf_header(listing, ctx, sample.files[0], need_tensors=True, cancelled=cancelled)
     params = header.parameter_count
     for shard in sample.files[1:]:
         check_cancelled(cancelled)
-        params += _gguf_header(listing, ctx, shard, need_tensors=True).parameter_count
+        params += _gguf_header(listing, ctx, shard, need_tensors=True, cancelled=cancelled).parameter_count
     report.architecture = header.architecture
     report.gguf_arch = header.architecture
     report.parameter_count = params
@@ -384,7 +303,7 @@ def _gguf_report(report: RepoReport, listing: RepoListing, ctx: HubContext, prog
         model.parameter_count = params
         if not model.quant:
             check_cancelled(cancelled)
-            model.quant = _gguf_header(listing, ctx, model.files[0], need_tensors=False).file_type or "unknown"
+            model.quant = _gguf_header(listing, ctx, model.files[0], need_tensors=False, cancelled=cancelled).file_type or "unknown"
         if not model.complete:
             report.notes.append(f"{model.name} is missing some of its shards in this repository.")
     if len(models) == 1:
