@@ -7,7 +7,6 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,6 @@ from desktop.workers import Job, JobManager
 log = logging.getLogger(__name__)
 
 StoreFn = Callable[[ConversationStore], Any]
-
-
-@dataclass
-class ConversationRef:
-    """The conversation a chain of store calls works on; ``id`` is filled in by the call that creates it."""
-
-    id: int | None = None
 
 
 class StoreQueue(QObject):

@@ -1,0 +1,165 @@
+"""The Chat page's model: the picker filled from the library, the planner's view of the picked GGUF (read off the
+GUI thread), the load options from the side panel, and loading with progress. A mixin of
+:class:`~desktop.ui.chat.page.ChatPage`: it uses the page's worker, offload panel and status row."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, Slot
+
+from desktop.chat.engine import LoadOptions
+from desktop.chat.templates import FALLBACK_TEMPLATES
+from desktop.chat_model import CHAT_SOURCE
+from desktop.library import ModelEntry
+from desktop.memory import offload
+from desktop.ui.chat.panels import ModelBar
+from desktop.workers import Job
+
+
+def _read_model(path: str, progress, cancelled):  # type: ignore[no-untyped-def]
+    """The planner's view of a GGUF (read off the GUI thread), and whether the user allows CPU repacking."""
+    from desktop.gguf.reader import read_gguf
+    from desktop.settings import load_settings
+
+    return path, offload.model_shape(read_gguf(Path(path))), load_settings().cpu_repack
+
+
+class ModelMixin:
+    """Needs the page's ``worker``, ``offload``, ``session``, ``notice`` and the Page status row."""
+
+    entries: list[ModelEntry]
+    worker: Any
+    offload: Any
+    session: Any
+
+    def connect_model(self, bar: ModelBar) -> None:
+        self.entries = []
+        self.loaded_metadata: dict[str, Any] = {}
+        self._shapes: dict[str, offload.ModelShape] = {}
+        self._cpu_repack = False
+        self._safe_mode = False
+        bar.sig_selected.connect(self._on_model_selected)
+        bar.sig_load.connect(self.load_model)
+
+    # ================================================================== inputs from the window
+    @Slot(list)
+    def set_models(self, entries: list[ModelEntry]) -> None:
+        """The library changed: refill the picker, keeping the choice; preselect the chat model on first launch."""
+        current = self.current_entry()
+        self.entries = list(entries)
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for entry in self.entries:
+            self.model_combo.addItem(f"{entry.name} · {entry.quant_type}", str(entry.path))
+            self.model_combo.setItemData(self.model_combo.count() - 1, str(entry.path), Qt.ItemDataRole.ToolTipRole)
+        keep = next((i for i, e in enumerate(self.entries) if current and e.path == current.path), -1)
+        if keep < 0:
+            keep = next((i for i, e in enumerate(self.entries) if e.source == CHAT_SOURCE), 0 if self.entries else -1)
+        self.model_combo.setCurrentIndex(keep)
+        self.model_combo.blockSignals(False)
+        if self.current_entry() != current or current is None:
+            self._on_model_selected()
+
+    @Slot(object)
+    def set_hardware_report(self, report: Any) -> None:
+        """Budgets for the planner; GPUs this llama.cpp cannot offload to are left out."""
+        llama = getattr(report, "llama", None)
+        usable = [g for g in report.gpus if getattr(llama, "supports_gpu_offload", False) or g.unified_memory]
+        gpus, host = offload.budgets_from_hardware(dataclasses.replace(report, gpus=usable))
+        self.offload.set_budgets(gpus, host)
+
+    def current_entry(self) -> ModelEntry | None:
+        index = self.model_combo.currentIndex()
+        return self.entries[index] if 0 <= index < len(self.entries) else None
+
+    @Slot()
+    def _on_model_selected(self) -> None:
+        entry = self.current_entry()
+        self._safe_mode = False
+        if entry is None:
+            self.offload.set_model(None)
+            self._update_controls()
+            return
+        key = str(entry.path)
+        self.offload.set_model(self._shapes.get(key), entry.context_length)
+        if key not in self._shapes:
+            job = Job(f"Read {entry.name}", lambda progress, cancelled: _read_model(key, progress, cancelled), visible=False)
+            job.sig_result.connect(self._on_model_read)
+            job.sig_error.connect(lambda error: self.set_status(error.sentence()))
+            self._jobs.start(job)
+        self._update_controls()
+
+    @Slot(object)
+    def _on_model_read(self, result: tuple[str, offload.ModelShape, bool]) -> None:
+        path, shape, cpu_repack = result
+        self._shapes[path] = shape
+        self._cpu_repack = cpu_repack
+        entry = self.current_entry()
+        if entry is not None and str(entry.path) == path:
+            self.offload.set_model(shape, entry.context_length)
+
+    # ================================================================== loading
+    def load_options(self) -> LoadOptions | None:
+        entry = self.current_entry()
+        if entry is None:
+            return None
+        return LoadOptions(
+            path=str(entry.path),
+            n_ctx=self.offload.context.value(),
+            n_gpu_layers=self.offload.n_gpu_layers(),
+            n_threads=self.offload.threads.value() or None,
+            cpu_repack=self._cpu_repack and not self._safe_mode,
+            template=self.offload.template_choice(),
+        )
+
+    @Slot()
+    def load_model(self) -> bool:
+        options = self.load_options()
+        if options is None:
+            self.notice.show_notice("info", "Pick a model first: add one on the Models page.")
+            return False
+        if self.reply is not None:
+            self.worker.stop()
+        self.notice.clear()
+        self.offload.clear_actual()
+        self.loaded_metadata = {}
+        self.set_running(True)
+        self.set_status(f"Loading {Path(options.path).name}…")
+        self.worker.load(options)
+        self._update_controls()
+        return True
+
+    @Slot(float, str)
+    def _on_load_progress(self, fraction: float, message: str) -> None:
+        self.set_progress(fraction, 1.0)
+        self.set_status(f"Loading the model… {fraction * 100:.0f}%")
+
+    @Slot(object, object)
+    def _on_loaded(self, metadata: dict, memory: dict) -> None:  # type: ignore[type-arg]
+        self.loaded_metadata = metadata
+        self.set_running(False)
+        where = f"{metadata.get('n_gpu_layers', 0)} layers on the GPU" if metadata.get("n_gpu_layers") else "on the CPU"
+        safe = ", safe mode" if self._safe_mode else ""
+        self.set_status(
+            f"Loaded {metadata.get('name', 'the model')} in {metadata.get('load_s', 0):.1f} s: "
+            f"{int(metadata.get('n_ctx', 0)):,}-token context, {where}{safe}."
+        )
+        name = str(metadata.get("template", ""))
+        label = "the model's own template" if metadata.get("template_from_model") else FALLBACK_TEMPLATES[name].label
+        how = "" if metadata.get("template_from_model") or self.offload.template_choice() else " (chosen by architecture: the GGUF has none)"
+        self.offload.set_template_note(f"In use: {label}{how}.")
+        self.offload.show_actual(memory, int(metadata.get("n_ctx", 0)), int(metadata.get("n_gpu_layers", 0)))
+        self._update_controls()
+        if self.session.waiting:
+            self._start_reply()
+
+    @Slot()
+    def _on_load_cancelled(self) -> None:
+        self.set_running(False)
+        self.session.stop_waiting()
+        self.set_status("Loading was cancelled.")
+        self._update_controls()
+
