@@ -12,6 +12,9 @@ child -> parent
 parent -> child
     ``("cancel",)``                         please stop; the job's ``cancelled()`` returns True from now on
 
+Every child starts with the selected llama.cpp engine's environment (``desktop.llama.engines.child_environment``:
+``LLAMA_CPP_LIB_PATH`` and the library path), set for that child only; ``env`` overrides it (Retry on the CPU).
+
 If the child dies without a last message (segfault, ``abort()``, out-of-memory kill) the parent reports a
 ``JobError`` of kind "crash" with the signal and the tail of the child's log. If it does not stop within the
 grace period after a cancel it is killed; in both cases the parent removes the paths the caller named as
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 
 _live: weakref.WeakSet[ChildProcess] = weakref.WeakSet()
 _live_lock = threading.Lock()
+_environ_lock = threading.Lock()
 
 _WINDOWS_CRASHES = {
     0xC0000005: "an access violation",
@@ -157,6 +161,31 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
+def start_process(process: multiprocessing.process.BaseProcess, env: dict[str, str | None] | None = None) -> None:
+    """Start a spawned ``process`` on the selected llama.cpp engine (or with ``env``'s changes; None removes a
+    variable). A spawned child inherits this process's environment at exec time, so the changes are made for the
+    moment of the start only and undone at once: the parent itself never runs on them."""
+    if env is None:
+        from desktop.llama.engines import child_environment
+
+        env = child_environment()
+    with _environ_lock:
+        saved = {key: os.environ.get(key) for key in env}
+        try:
+            _set_environ(env)
+            process.start()
+        finally:
+            _set_environ(saved)
+
+
+def _set_environ(changes: dict[str, str | None]) -> None:
+    for key, value in changes.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 class ChildProcess:
     """One job in one child process. Use :func:`run_in_child` unless you need the pieces."""
 
@@ -167,8 +196,10 @@ class ChildProcess:
         *,
         log_path: Path | None = None,
         preload: tuple[str, ...] = (),
+        env: dict[str, str | None] | None = None,
     ) -> None:
         self.target = target
+        self.env = env
         self.kwargs = kwargs or {}
         self.log_path = log_path
         ctx = multiprocessing.get_context("spawn")
@@ -202,7 +233,7 @@ class ChildProcess:
         return self.process.pid
 
     def start(self) -> None:
-        self.process.start()
+        start_process(self.process, self.env)
         assert self._child_conn is not None
         self._child_conn.close()
         self._child_conn = None
@@ -260,19 +291,21 @@ def run_in_child(
     log_path: Path | None = None,
     crash_next_step: str = "",
     child: ChildProcess | None = None,
+    env: dict[str, str | None] | None = None,
 ) -> Any:
     """Run ``target`` in a child process and return its result.
 
     Raises :class:`Cancelled` when the job was cancelled (the child stopped or was killed) and
     :class:`JobFailed` with a :class:`JobError` when it failed or crashed. ``cleanup`` paths are removed on
     every outcome but success. ``child``: a warm child from :meth:`ChildProcess.warm` to run the job in.
+    ``env``: environment changes instead of the selected engine's (see :func:`start_process`).
     """
     if child is None:
         if log_path is None:
             from desktop import paths
 
             log_path = paths.logs_dir() / f"job-{target.rsplit(':', 1)[-1]}-{os.getpid()}-{time.time_ns()}.log"
-        child = ChildProcess(target, kwargs, log_path=log_path)
+        child = ChildProcess(target, kwargs, log_path=log_path, env=env)
     else:
         log_path = child.log_path
     succeeded = False

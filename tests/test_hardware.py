@@ -127,3 +127,56 @@ def test_hw_command_prints_a_readable_report() -> None:
     ).stdout
     assert out.splitlines()[1].startswith("CPU      ")
     assert "Memory" in out and "llama.cpp" in out
+
+
+def test_an_nvidia_gpu_the_cpu_engine_cannot_use_says_the_one_fix_and_gets_no_layers(tmp_path, monkeypatch) -> None:
+    """The H200 case: NVML sees the card, pip's CPU build cannot offload: the report says so and what to do, and
+    the planner puts no layer on that GPU instead of pretending."""
+    from desktop.llama.engines import SmokeResult, load_engine, save_smoke
+    from desktop.memory.offload import budgets_from_hardware
+
+    nvml = fake_nvml.make_module([fake_nvml.FakeGpu("NVIDIA H200", total=141 * GiB, used=1 * GiB, capability=(9, 0))])
+    report = collect_report(nvml)
+    assert report.llama.engine == "cpu"
+    gpu = report.gpus[0]
+    assert (gpu.name, gpu.engine_uses) == ("NVIDIA H200", False)
+    assert gpu.fix == "Build the Vulkan engine: quantdesk engine build vulkan (or Build on the Hardware page)."
+    assert budgets_from_hardware(report)[0] == []
+    # once a Vulkan engine passed its test, the fix is to switch to it
+    folder = tmp_path / "engines" / "vulkan-9"
+    (folder / "lib").mkdir(parents=True)
+    (folder / "engine.json").write_text(json.dumps({"backend": "vulkan", "llama_cpp_python": report.llama.version}))
+    engine = load_engine(folder)
+    assert engine is not None
+    save_smoke(engine, SmokeResult(True, "Passed."))
+    monkeypatch.setenv("QUANTDESK_HOME", str(tmp_path))
+    nvml = fake_nvml.make_module([fake_nvml.FakeGpu("NVIDIA H200", total=141 * GiB, used=1 * GiB, capability=(9, 0))])
+    assert collect_report(nvml).gpus[0].fix.startswith("Switch to the Vulkan engine: quantdesk engine use vulkan")
+
+
+def test_a_card_nvml_and_the_vulkan_engine_both_list_is_one_gpu_reached_through_vulkan() -> None:
+    from desktop.hardware.report import GpuInfo, merge_llama_gpus
+
+    nvml_gpu = GpuInfo(0, "NVIDIA GeForce RTX 4090", "CUDA", 24 * GiB, 22 * GiB, "nvml", compute_capability="8.9")
+    vulkan = GpuInfo(1, "NVIDIA GeForce RTX 4090", "Vulkan", 24 * GiB, 23 * GiB, "llama.cpp")
+    amd = GpuInfo(2, "AMD Radeon RX 7900 XTX (RADV NAVI31)", "Vulkan", 24 * GiB, 24 * GiB, "llama.cpp")
+    merged = merge_llama_gpus([nvml_gpu], [vulkan, amd])
+    assert [(g.name, g.backend, g.engine_uses, g.index) for g in merged] == [
+        ("NVIDIA GeForce RTX 4090", "Vulkan", True, 0),
+        ("AMD Radeon RX 7900 XTX (RADV NAVI31)", "Vulkan", None, 1),
+    ]
+
+
+def test_pci_display_devices_are_found_in_sysfs(tmp_path) -> None:
+    from desktop.hardware.engine_use import fix_for, pci_gpus
+
+    for slot, cls, vendor in (("0000:03:00.0", "0x030000", "0x1002"), ("0000:00:02.0", "0x030000", "0x8086"),
+                              ("0000:00:1f.0", "0x060100", "0x8086")):
+        device = tmp_path / slot
+        device.mkdir()
+        (device / "class").write_text(cls + "\n")
+        (device / "vendor").write_text(vendor + "\n")
+        (device / "device").write_text("0x73bf\n")
+    assert [(g.vendor, g.pci_id) for g in pci_gpus(tmp_path)] == [("Intel", "8086:73bf"), ("AMD", "1002:73bf")]
+    assert fix_for("AMD", "cuda", {"cuda": True}).startswith("CUDA runs on NVIDIA GPUs only")
+    assert "mesa-vulkan-drivers" in fix_for("AMD", "vulkan", {"vulkan": True})

@@ -178,9 +178,10 @@ class Reply:
 class _EngineProcess(ChildProcess):
     """A :class:`ChildProcess` running the engine's own main, so :func:`desktop.process.terminate_all` covers it."""
 
-    def __init__(self, log_path: Path | None) -> None:  # noqa: D107 - replaces the generic job wiring on purpose
-        self.target = "desktop.chat.engine_child:main"
+    def __init__(self, log_path: Path | None, env: dict[str, str | None] | None = None) -> None:  # noqa: D107
+        self.target = "desktop.chat.engine_child:main"  # replaces the generic job wiring on purpose
         self.kwargs = {}
+        self.env = env
         self.log_path = log_path
         ctx = multiprocessing.get_context("spawn")
         child_requests, self._requests = ctx.Pipe(duplex=False)
@@ -197,12 +198,12 @@ class _EngineProcess(ChildProcess):
         )
 
     def start(self) -> None:
-        self.process.start()
+        from desktop import process as process_module
+
+        process_module.start_process(self.process, self.env)  # on the selected llama.cpp engine, or self.env
         for end in self._child_ends:
             end.close()
         self._child_ends = []
-        from desktop import process as process_module
-
         with process_module._live_lock:
             process_module._live.add(self)
 
@@ -243,6 +244,8 @@ class Engine:
         self.current_request: str | None = None
         self.last_error: JobError | None = None
         self._last_chat: tuple[list[Mapping[str, Any]], dict[str, Any], str] | None = None
+        self.engine_env: dict[str, str | None] | None = None  # None: the selected llama.cpp engine
+        self.engine_name = ""  # the llama.cpp engine the current child runs on ("cpu", "vulkan-0.3.36", ...)
 
     # -- lifecycle
 
@@ -270,7 +273,10 @@ class Engine:
 
                 log_path = paths.logs_dir() / f"engine-{os.getpid()}-{time.time_ns()}.log"
             self._closing = False
-            child = _EngineProcess(log_path)
+            from desktop.llama.engines import environment_engine_name
+
+            self.engine_name = environment_engine_name(self.engine_env)
+            child = _EngineProcess(log_path, self.engine_env)
             child.start()
             self._child = child
             self.state = "starting"
@@ -378,6 +384,25 @@ class Engine:
             raise RuntimeError("nothing was loaded, so there is nothing to retry")
         options = self.last_load.safe_mode()
         self.close(timeout=1.0)
+        self.start()
+        self.load(options)
+        return options
+
+    @property
+    def on_gpu_engine(self) -> bool:
+        """True when the child runs on a GPU build of llama.cpp: after a crash, offer :meth:`retry_on_cpu`."""
+        return bool(self.engine_name) and self.engine_name != "cpu"
+
+    def retry_on_cpu(self) -> LoadOptions:
+        """After a crash on a GPU engine: a fresh engine process on pip's CPU build, the last model with no GPU
+        layers. Later starts of this client stay on the CPU."""
+        if self.last_load is None:
+            raise RuntimeError("nothing was loaded, so there is nothing to retry")
+        from desktop.llama.engines import cpu_environment
+
+        options = replace(self.last_load, n_gpu_layers=0)
+        self.close(timeout=1.0)
+        self.engine_env = cpu_environment()
         self.start()
         self.load(options)
         return options

@@ -1,5 +1,7 @@
 """What this machine has: CPU, memory, GPUs, and what the installed llama.cpp build can use.
 
+(Over 400 lines: one report, one owner of each probe; the per-GPU engine verdict lives in engine_use.py.)
+
 Sources: psutil (CPU and RAM), ``/proc/cpuinfo`` or sysctl (CPU name and SIMD flags), NVML through the
 ``pynvml`` module (NVIDIA GPUs), llama.cpp's own backend registry (every device this build can offload to,
 Metal and Vulkan included) and its system-info string (the CPU features it was built to use).
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import platform
 import re
 import subprocess
@@ -21,6 +24,8 @@ from types import ModuleType
 from typing import Any
 
 import psutil
+
+from desktop.hardware.engine_use import fix_for, is_software, pci_gpus, same_gpu, vendor_of
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +90,9 @@ class GpuInfo:
     compute_capability: str = ""
     utilization: int | None = None  # percent
     unified_memory: bool = False
+    engine_uses: bool | None = None  # does the selected llama.cpp engine offload to it (None: not checked)
+    fix: str = ""  # when it does not: the one action that makes it
+    software: bool = False  # a Vulkan device that is really the CPU (lavapipe): for tests, slower than the CPU
 
     @property
     def vram_used(self) -> int:
@@ -110,6 +118,8 @@ class LlamaBuild:
     cpu_features: list[str] = field(default_factory=list)  # what this build's CPU backend uses
     system_info: str = ""
     error: str = ""
+    engine: str = ""  # the QuantDesk engine this report's process runs on ("cpu", "vulkan-0.3.36", ...)
+    lib_dir: str = ""  # where its libraries are
 
 
 @dataclass
@@ -294,12 +304,19 @@ def collect_nvidia(nvml: ModuleType | None = None) -> tuple[list[GpuInfo], str]:
 # ---------------------------------------------------------------- llama.cpp's own view
 
 
-def _ggml_library() -> Any:
+def llama_library_dir() -> Path:
+    """The folder llama-cpp-python loads libllama from: ``LLAMA_CPP_LIB_PATH`` (an engine QuantDesk built, set for
+    this child process) or its own package folder (pip's build)."""
     import llama_cpp
 
+    override = os.environ.get("LLAMA_CPP_LIB_PATH")
+    return Path(override) if override else Path(llama_cpp.__file__).parent / "lib"
+
+
+def _ggml_library() -> Any:
     from llama_cpp._ctypes_extensions import load_shared_library
 
-    lib = load_shared_library("ggml", Path(llama_cpp.__file__).parent / "lib")
+    lib = load_shared_library("ggml", llama_library_dir())
     lib.ggml_backend_dev_count.restype = ctypes.c_size_t
     lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
     lib.ggml_backend_dev_get.restype = ctypes.c_void_p
@@ -330,6 +347,10 @@ def collect_llama() -> LlamaBuild:
     except Exception as exc:  # noqa: BLE001 - a broken native build must not break the report
         return LlamaBuild(available=False, error=f"llama-cpp-python could not be loaded ({exc}).")
     build = LlamaBuild(available=True, version=getattr(llama_cpp, "__version__", ""))
+    from desktop.llama.engines import environment_engine_name
+
+    build.engine = environment_engine_name({"LLAMA_CPP_LIB_PATH": os.environ.get("LLAMA_CPP_LIB_PATH")})
+    build.lib_dir = str(llama_library_dir())
     llama_cpp.llama_backend_init()
     build.supports_gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
     build.system_info = _text(llama_cpp.llama_print_system_info()).strip()
@@ -375,6 +396,55 @@ def _gpus_from_llama(build: LlamaBuild, start_index: int) -> list[GpuInfo]:
     return gpus
 
 
+def merge_llama_gpus(nvml_gpus: list[GpuInfo], llama_gpus: list[GpuInfo]) -> list[GpuInfo]:
+    """One entry per GPU: an NVIDIA card NVML listed (richer data) that llama.cpp also lists (as CUDA or Vulkan)
+    is marked used by the engine, with the backend the engine reaches it through."""
+    merged = list(nvml_gpus)
+    for device in llama_gpus:
+        twin = next((g for g in merged if g.source == "nvml" and same_gpu(g.name, device.name)), None)
+        if twin is None:
+            device.index = len(merged)
+            merged.append(device)
+        else:
+            twin.backend = device.backend
+            twin.engine_uses = True
+    return merged
+
+
+def assess_engine_use(gpus: list[GpuInfo], llama: LlamaBuild) -> list[str]:
+    """Fill in, for each GPU, whether the selected engine uses it and the fix when not; add GPUs only the PCI bus
+    knows of. Returns notes."""
+    from desktop.llama.engines import list_engines
+
+    backend = llama.engine.split("-")[0] if llama.engine else "cpu"
+    try:
+        usable = {e.backend: e.usable for e in list_engines() if e.built}
+    except Exception as exc:  # noqa: BLE001 - the report must not fail over the engines folder
+        log.info("engines not listed (%s)", exc)
+        usable = {}
+    notes = []
+    for gpu in gpus:
+        if gpu.source == "llama.cpp":
+            gpu.engine_uses = True
+            gpu.software = is_software(gpu.name)
+            if gpu.software:
+                notes.append(f"{gpu.name} is a software Vulkan device (the CPU): offloading to it is for tests; "
+                             "it is slower than the CPU engine.")
+        elif gpu.source == "estimate":
+            gpu.engine_uses = llama.supports_gpu_offload
+        elif gpu.engine_uses is None:
+            gpu.engine_uses = False
+        if not gpu.engine_uses:
+            gpu.fix = fix_for(vendor_of(gpu.name) if gpu.source != "nvml" else "NVIDIA", backend, usable)
+    for card in pci_gpus():
+        if card.vendor == "Unknown" or any(vendor_of(g.name) == card.vendor or (card.vendor == "NVIDIA" and g.source == "nvml") for g in gpus):
+            continue
+        gpus.append(GpuInfo(index=len(gpus), name=f"{card.vendor} GPU (PCI {card.pci_id})", backend="",
+                            vram_total=0, vram_free=0, source="pci", engine_uses=False,
+                            fix=fix_for(card.vendor, backend, usable)))
+    return notes
+
+
 def apple_unified_gpu(memory: MemoryInfo, cpu_model: str) -> GpuInfo:
     """Apple Silicon's GPU shares RAM. Metal lets one process wire about 2/3 of RAM (3/4 above 36 GB) by default;
     without llama.cpp's Metal device to ask, that limit is an estimate."""
@@ -399,21 +469,29 @@ def collect_report(nvml: ModuleType | None = None, include_llama: bool = True) -
         notes.append(nvml_note)
     llama = collect_llama() if include_llama else LlamaBuild(available=False, error="not checked")
     if llama.available:
-        llama_gpus = _gpus_from_llama(llama, len(gpus))
-        if gpus:  # NVML already listed NVIDIA cards with richer data; keep llama.cpp's non-CUDA devices
-            llama_gpus = [g for g in llama_gpus if g.backend.upper() != "CUDA"]
-        gpus.extend(llama_gpus)
+        gpus = merge_llama_gpus(gpus, _gpus_from_llama(llama, len(gpus)))
         if not llama.supports_gpu_offload:
             notes.append(
-                "This llama-cpp-python build runs on the CPU only; a build with CUDA, Metal or Vulkan is needed "
-                "to offload layers to a GPU."
+                f"The {llama.engine or 'cpu'} engine runs on the CPU only (pip builds llama.cpp without a GPU "
+                "backend); to offload layers to a GPU, build the Vulkan engine: quantdesk engine build vulkan."
             )
     elif llama.error:
         notes.append(llama.error)
     if sys.platform == "darwin" and platform.machine() == "arm64" and not any(g.backend == "Metal" for g in gpus):
         gpus.append(apple_unified_gpu(memory, cpu.model))
+    if include_llama:
+        notes += assess_engine_use(gpus, llama)
     os_name = f"{platform.system()} {platform.release()}".strip()
     return HardwareReport(os=os_name, cpu=cpu, memory=memory, gpus=gpus, llama=llama, notes=notes)
+
+
+def collect_report_on_engine() -> HardwareReport:
+    """The report as the selected llama.cpp engine sees it, from a child process started on that engine (the
+    calling process may be the GUI, or a CLI that loaded pip's build)."""
+    from desktop.process import run_in_child
+
+    report: HardwareReport = run_in_child("desktop.hardware.report:report_job")
+    return report
 
 
 def report_job(*, progress: Any, cancelled: Any) -> HardwareReport:

@@ -259,7 +259,13 @@ def machine_memory(report: Any | None = None) -> MachineMemory:
             from desktop.hardware import report as hardware
 
             report = hardware.collect_report()
-        gpus = [g for g in report.gpus if getattr(g, "vram_free", 0) and not getattr(g, "unified_memory", False)]
+        gpus = [
+            g
+            for g in report.gpus
+            if getattr(g, "vram_free", 0)
+            and not getattr(g, "unified_memory", False)
+            and getattr(g, "engine_uses", None) is not False  # a GPU the selected engine cannot reach holds nothing
+        ]
         return MachineMemory(
             ram_available=int(report.memory.available),
             gpu_free=tuple(int(g.vram_free) for g in gpus),

@@ -647,6 +647,8 @@ def budgets_from_hardware(report: Any) -> tuple[list[GpuBudget], HostBudget]:
     )
     gpus: list[GpuBudget] = []
     for gpu in getattr(report, "gpus", []) or []:
+        if getattr(gpu, "engine_uses", None) is False:  # the selected llama.cpp engine cannot reach it
+            continue
         unified = bool(getattr(gpu, "unified_memory", False))
         total = int(getattr(gpu, "vram_total", 0) or 0)
         free = int(getattr(gpu, "vram_free", 0) or 0)

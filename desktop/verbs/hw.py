@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from desktop.hardware.report import HardwareReport, collect_report
+from desktop.hardware.report import HardwareReport, collect_report_on_engine
 from desktop.jobs import format_bytes
 
 
@@ -16,12 +16,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace) -> int:
-    report = collect_report()
+    report = collect_report_on_engine()  # llama.cpp's view from the selected engine, in a child process
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(format_report(report))
     return 0
+
+
+def engine_use_line(gpu: object, engine: str) -> str:
+    """Whether the selected engine uses this GPU, and the one action that fixes it when not."""
+    name = engine or "cpu"
+    if getattr(gpu, "engine_uses", None):
+        software = " (a software device: for tests; slower than the CPU engine)" if getattr(gpu, "software", False) else ""
+        return f"used by the {name} engine{software}"
+    return f"NOT used by the {name} engine. {getattr(gpu, 'fix', '')}".strip()
 
 
 def format_report(report: HardwareReport) -> str:
@@ -45,14 +54,15 @@ def format_report(report: HardwareReport) -> str:
                 )
                 if x
             )
-            lines.append(
-                f"GPU {gpu.index}    {gpu.name} ({gpu.backend}): {format_bytes(gpu.vram_free)} free of "
-                f"{format_bytes(gpu.vram_total)}{f'; {extra}' if extra else ''}"
-            )
+            memory = f"{format_bytes(gpu.vram_free)} free of {format_bytes(gpu.vram_total)}" if gpu.vram_total else ""
+            backend = f" ({gpu.backend})" if gpu.backend else ""
+            lines.append(f"GPU {gpu.index}    {gpu.name}{backend}: {memory}{f'; {extra}' if extra else ''}")
+            lines.append(f"         {engine_use_line(gpu, report.llama.engine)}")
     else:
         lines.append("GPU      none found")
     llama = report.llama
     if llama.available:
+        lines.append(f"Engine   {llama.engine or 'cpu'} ({llama.lib_dir})")
         lines.append(
             f"llama.cpp  llama-cpp-python {llama.version}; GPU offload "
             f"{'available' if llama.supports_gpu_offload else 'not in this build'}"
