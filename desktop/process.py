@@ -3,7 +3,8 @@
 Protocol (tuples over a duplex ``multiprocessing`` pipe, spawn start method on every platform):
 
 child -> parent
-    ``("progress", done, total, message)``  how far the job is
+    ``("progress", done, total, note, fields)``  how far the job is (:class:`desktop.jobs.Progress`; ``fields``
+                                            the keyword fields the job passed, often empty)
     ``("event", payload)``                  a domain datum streamed before the result (a token, a log line)
     ``("result", value)``                   the job's return value; the last message of a successful job
     ``("error", JobError.as_dict())``       a failure the job caught; the last message
@@ -44,7 +45,7 @@ from typing import Any
 
 from desktop.errors import Cancelled
 from desktop.fileio import remove_quietly
-from desktop.jobs import CancelledFn, JobError, JobFailed, ProgressFn, error_from_exception
+from desktop.jobs import CancelledFn, JobError, JobFailed, ProgressFn, error_from_exception, with_fields
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,8 @@ def _child_main(
                         cancel_seen.set()
         return cancel_seen.is_set()
 
-    def progress(done: float, total: float, message: str = "") -> None:
-        send(("progress", float(done), float(total), message))
+    def progress(done: float, total: float, note: str = "", /, **fields: Any) -> None:
+        send(("progress", float(done), float(total), note, fields))
 
     def emit(payload: Any) -> None:
         send(("event", payload))
@@ -310,6 +311,8 @@ def run_in_child(
         log_path = child.log_path
     succeeded = False
     cancel_deadline: float | None = None
+    if progress is not None:
+        progress = with_fields(progress)
     try:
         if child.target is None and child.process.pid is not None:
             child.assign(target, kwargs or {})
@@ -330,7 +333,7 @@ def run_in_child(
                 continue
             kind = message[0]
             if kind == "progress" and progress is not None:
-                progress(message[1], message[2], message[3])
+                progress(message[1], message[2], message[3], **message[4])
             elif kind == "event" and on_event is not None:
                 on_event(message[1])
             elif kind == "result":

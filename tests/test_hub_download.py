@@ -22,6 +22,7 @@ from mockhub import (  # noqa: F401 - fixtures
 from desktop.errors import Cancelled, UserError
 from desktop.hub.search import cached_repos
 from desktop.hub.download import DownloadResult, download
+from desktop.jobs import Progress, ProgressTracker
 
 pytestmark = pytest.mark.usefixtures("memory_keyring")
 
@@ -31,11 +32,13 @@ class Recorder:
 
     def __init__(self, threshold: float = -1) -> None:
         self.calls: list[tuple[float, float, str]] = []
+        self.reports: list[Progress] = []
         self.threshold = threshold
         self.passed = threading.Event()
 
-    def __call__(self, done: float, total: float, message: str) -> None:
+    def __call__(self, done: float, total: float, message: str = "", /, **fields: object) -> None:
         self.calls.append((done, total, message))
+        self.reports.append(Progress.of(done, total, message, **fields))
         if self.threshold >= 0 and done > self.threshold:
             self.passed.set()
 
@@ -67,7 +70,13 @@ def test_checkpoint_snapshot_filtered_for_conversion(mock_hub: MockHub) -> None:
     total = sum(len(files[n]) for n in got)
     dones = [d for d, t, _ in progress.calls if t]
     assert dones == sorted(dones) and progress.calls[-1][:2] == (total, total)
-    assert any("files," in m and "MB" in m for _, _, m in progress.calls)
+    # as data: bytes (unit "B") and a plain note; speed and ETA are the reader's, never in the note
+    transfer = [p for p in progress.reports if p.note.endswith(" files")]
+    assert transfer and all(p.unit == "B" for p in transfer)
+    assert not any(" left" in p.note or "/s" in p.note for p in progress.reports)
+    tracker = ProgressTracker()
+    tracker.update(transfer[-1])
+    assert tracker.line().startswith(f"{transfer[-1].note} · ") and " MB of " in tracker.line()
     assert result.message.startswith("Downloaded") and result.model_path == str(snapshot)
     # Offline, the cached repo is listed and a second pull uses it without the network.
     mock_hub.stop()

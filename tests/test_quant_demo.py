@@ -64,7 +64,7 @@ def test_predicted_sizes_on_the_demo_model(demo_f16: Path) -> None:
 def test_cancel_mid_run_leaves_no_file(demo_f16: Path, tmp_path: Path) -> None:
     seen: list[str] = []
     with pytest.raises(Cancelled):
-        quantize_many(demo_f16, ["Q4_K_M"], tmp_path, progress=lambda d, t, m: seen.append(m),
+        quantize_many(demo_f16, ["Q4_K_M"], tmp_path, progress=lambda d, t, m, **f: seen.append(m),
                       cancelled=lambda: len(seen) >= 4)
     assert any("[3/" in m for m in seen) and not any("done" in m for m in seen)
     out = tmp_path / "gemma-3-270m-Q4_K_M.gguf"

@@ -13,7 +13,7 @@ from desktop import cli
 from desktop.quant import types as quant_types
 from desktop.errors import UserError
 from desktop.fileio import partial_path
-from desktop.jobs import JobFailed
+from desktop.jobs import JobFailed, Progress
 from desktop.quant.quantize import (
     QuantizeOptions,
     TensorLineParser,
@@ -70,20 +70,23 @@ def _check_output(path: Path, source: Path, type_name: str, predicted: int, has_
 
 
 def test_a_spread_of_types_load_and_generate(tiny: Path, tmp_path: Path) -> None:
-    messages: list[tuple[float, float, str]] = []
+    reports: list[Progress] = []
     seen: list[str] = []
-    results = quantize_many(tiny, SPREAD, tmp_path, progress=lambda d, t, m: messages.append((d, t, m)),
+    results = quantize_many(tiny, SPREAD, tmp_path, progress=lambda d, t, m, **f: reports.append(Progress.of(d, t, m, **f)),
                             cancelled=lambda: False, on_result=lambda r: seen.append(r.quant_type))
     assert [r.quant_type for r in results] == SPREAD == seen
     for r in results:
         _check_output(r.path, tiny, r.quant_type, r.predicted_bytes, has_imatrix=False)
-    # per-tensor progress over the whole queue, ending complete
-    n_tensors = len(tensors_from_gguf(tiny))
-    assert messages[-1][0] == messages[-1][1] == n_tensors * len(SPREAD)
-    per_tensor = [m for _, _, m in messages if "] blk.3.ffn_down.weight → " in m]
-    assert any(m.startswith("Q4_K_M (4/6) [") and m.split("→ ")[1].startswith("q6_K") for m in per_tensor)
-    dones = [d for d, _, _ in messages]
-    assert dones == sorted(dones)
+    # per-tensor progress as data: each type is a step of six, counted in the source's tensor elements
+    n_elements = sum(t.n_elements for t in tensors_from_gguf(tiny))
+    assert {(p.step, p.index, p.count) for p in reports} == {(name, i, 6) for i, name in enumerate(SPREAD)}
+    assert all(p.total == n_elements for p in reports)
+    assert reports[-1].fraction == 1.0
+    per_tensor = [p for p in reports if "] blk.3.ffn_down.weight → " in p.note]
+    assert any(p.step == "Q4_K_M" and p.note.split("→ ")[1].startswith("q6_K") for p in per_tensor)
+    assert not any(" left" in p.note or "/s" in p.note for p in reports)  # speed and ETA are not the domain's
+    fractions = [p.fraction for p in reports]
+    assert fractions == sorted(fractions)
     # registered in the library with source, type and imatrix
     from desktop.library import Library
 
@@ -121,7 +124,7 @@ def test_advanced_options_reach_llama_cpp(tiny: Path, tmp_path: Path) -> None:
 def test_a_type_that_needs_an_imatrix_is_refused_before_work_starts(tiny: Path, tmp_path: Path) -> None:
     progress: list[str] = []
     with pytest.raises(UserError) as err:
-        quantize_many(tiny, ["Q4_K_M", "IQ2_XS"], tmp_path, progress=lambda d, t, m: progress.append(m),
+        quantize_many(tiny, ["Q4_K_M", "IQ2_XS"], tmp_path, progress=lambda d, t, m, **f: progress.append(m),
                       cancelled=lambda: False)
     assert err.value.kind == "needs_imatrix" and "IQ2_XS" in err.value.message
     assert progress == [] and list(tmp_path.iterdir()) == []
@@ -215,6 +218,13 @@ def test_tensor_line_parser_handles_split_log_pieces() -> None:
         (13, 201, "[13/201] blk.3.ffn_norm.weight → f32 (kept)"),
     ]
     assert parser.errors == ["llama_model_quantize: failed to quantize: boom"]
+    # with the source's element count, progress counts elements (the shape in each line), which track time
+    counted: list[tuple[float, float, str]] = []
+    by_elements = TensorLineParser(lambda d, t, m: counted.append((d, t, m)), n_elements=2048 * 640 + 640 + 1000)
+    for piece in pieces:
+        by_elements.feed(2, piece)
+    assert [(d, t) for d, t, _ in counted] == [(2048 * 640, 2048 * 640 + 1640), (2048 * 640 + 640, 2048 * 640 + 1640)]
+    assert counted[0][2] == "[12/201] blk.3.ffn_down.weight → q4_K"
 
 
 def test_cli_quantize_and_dry_run(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -178,3 +178,21 @@ def test_refusals_are_one_sentence(qtbot: QtBot, page: QuantizePage, tmp_path: P
     page.advanced.overrides.setPlainText("ffn_down=Q6_K\nffn_up")
     with pytest.raises(UserError, match="line 2 .* is not regex=type"):
         page.advanced.options()
+
+
+def test_one_item_of_the_queue_can_be_cancelled(qtbot: QtBot, page: QuantizePage, tiny: Path, tmp_path: Path) -> None:
+    """Issue 15: the queue had no per-item cancel. Cancelling one type leaves the others running."""
+    choose(qtbot, page, tiny)
+    tick_only(page, "Q8_0", "Q6_K", "Q4_K_M")
+    job = page.start()
+    assert job is not None
+    assert page.queue.cancel_button("Q6_K") is not None and page.queue.cancel_button("Q6_K").isEnabled()
+    with qtbot.waitSignal(page.sig_finished, timeout=RUN_TIMEOUT):
+        qtbot.mouseClick(page.queue.cancel_button("Q6_K"), Qt.MouseButton.LeftButton)
+    assert job.state is JobState.DONE, page.status.text()
+    states = {k: page.queue.state(k) for k in page.queue.keys}
+    assert states == {"Q8_0": "done", "Q6_K": "cancelled", "Q4_K_M": "done"}
+    assert not page.queue.cancel_button("Q6_K").isEnabled()
+    out = tmp_path / "out"
+    assert {p.name for p in out.iterdir()} == {"tiny-Q8_0.gguf", "tiny-Q4_K_M.gguf"}
+    assert Library().get_by_path(out / "tiny-Q6_K.gguf") is None

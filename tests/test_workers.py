@@ -109,3 +109,52 @@ def test_stop_all_cancels_threads_and_kills_children(qtbot: QtBot, tmp_path: Pat
     assert live_children() == []
     assert job.state is JobState.CANCELLED
     assert not (tmp_path / "model.gguf.partial").exists()
+
+
+def test_a_cancel_that_lands_after_the_job_finished_reports_the_result(qtbot: QtBot) -> None:
+    """The work was done (files written): a cancel clicked while the result was on its way must not say
+    "cancelled"."""
+    manager = JobManager()
+    job = Job("quick", lambda progress, cancelled: "made the file")
+    results: list[object] = []
+    job.sig_result.connect(results.append)
+    with qtbot.waitSignal(job.sig_finished, timeout=10_000):
+        manager.start(job)
+        assert job.wait(10)  # the worker returned; its result is queued for this thread
+        job.cancel()
+    assert results == ["made the file"] and job.state is JobState.DONE
+
+
+def test_finished_jobs_are_freed(qtbot: QtBot) -> None:
+    import gc
+    import weakref
+
+    manager = JobManager()
+    first = Job("first", lambda progress, cancelled: b"x" * 1_000_000)
+    ref = weakref.ref(first)
+    with qtbot.waitSignal(first.sig_finished, timeout=10_000):
+        manager.start(first)
+    second = Job("second", lambda progress, cancelled: None)
+    with qtbot.waitSignal(second.sig_finished, timeout=10_000):
+        manager.start(second)
+    del first
+    gc.collect()
+    assert ref() is None
+    assert manager.jobs() == [second]
+
+
+def test_a_job_reports_steps_with_one_eta_and_line(qtbot: QtBot) -> None:
+    manager = JobManager()
+    lines: list[str] = []
+
+    def work(progress, cancelled):  # type: ignore[no-untyped-def]
+        for index, step in enumerate(("Q8_0", "Q4_K_M")):
+            for done in range(0, 11):
+                progress(done, 10, f"tensor {done}", step=step, index=index, count=2)
+
+    job = Job("two steps", work)
+    job.sig_progress.connect(lambda d, t, m: lines.append(job.status_text()))
+    with qtbot.waitSignal(job.sig_finished, timeout=10_000):
+        manager.start(job)
+    assert lines[0].startswith("Q8_0 (1/2) · tensor 0") and lines[-1].startswith("Q4_K_M (2/2) · tensor 10")
+    assert job.fraction() == 1.0 and job.progress.step == "Q4_K_M"

@@ -22,7 +22,7 @@ from desktop.memory import offload
 from desktop.quant import types as quant_types
 from desktop.errors import UserError
 from desktop.eval.evaluate import EvalResult
-from desktop.jobs import CancelledFn, ProgressFn, check_cancelled, format_bytes
+from desktop.jobs import CancelledFn, Progress, ProgressFn, check_cancelled, format_bytes
 from desktop.library import ModelEntry
 
 if TYPE_CHECKING:
@@ -169,8 +169,9 @@ def measure_job(request: Request, parameters: int, *, progress: ProgressFn, canc
     steps = len(request.quants) + len(request.make) + 1 + (1 if request.make else 0)
     step = 0
     if request.make:
-        def relay(done: float, total: float, message: str) -> None:
-            progress(step + (done / total if total else 0), steps, f"making quants: {message}")
+        def relay(done: float, total: float, message: str = "", /, **fields: Any) -> None:
+            fraction = Progress.of(done, total, message, **fields).fraction or 0.0  # over the whole queue
+            progress(step + fraction, steps, f"making quants: {fields.get('step', '')} {message}")
 
         results = quantize.quantize_many(request.base, request.make, request.out_dir,
                                          quantize.QuantizeOptions(), progress=relay, cancelled=cancelled)

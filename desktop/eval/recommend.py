@@ -16,10 +16,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from desktop.errors import UserError
 from desktop.eval.evaluate import EvalResult
-from desktop.jobs import CancelledFn, ProgressFn, check_cancelled, format_bytes
+from desktop.jobs import CancelledFn, Progress, ProgressFn, check_cancelled, format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +190,9 @@ def find_quant(
     steps = len(missing) + len(wanted) + 1
     step = 0
     if missing:
-        def relay(done: float, total: float, message: str) -> None:
-            progress(step + (done / total if total else 0) * len(missing), steps, f"making quants: {message}")
+        def relay(done: float, total: float, message: str = "", /, **fields: Any) -> None:
+            fraction = Progress.of(done, total, message, **fields).fraction or 0.0  # over the whole queue
+            progress(step + fraction * len(missing), steps, f"making quants: {fields.get('step', '')} {message}")
 
         quantize.quantize_many(base, missing, out_dir, quantize.QuantizeOptions(allow_requantize=False),
                                progress=relay, cancelled=cancelled)

@@ -4,8 +4,8 @@
 template, safetensors and their index) or one GGUF model with all its shards, file by file through
 ``huggingface_hub.hf_hub_download`` (so the cache layout, locking and atomic renames are the library's own).
 
-* Progress: ``progress(done_bytes, total_bytes, message)`` about ten times a second, where the message reads
-  "2 of 5 files, 120.3 MB of 512.0 MB, 45.2 MB/s, 8 s left"; ``done`` counts files kept from before.
+* Progress: ``progress(done_bytes, total_bytes, "2 of 5 files", unit="B")`` about ten times a second; ``done``
+  counts files kept from before. Speed and ETA are made where they are shown (:class:`desktop.jobs.ProgressTracker`).
 * Cancel: ``cancelled()`` is polled by every worker on each received chunk (1 MiB at most, see
   :data:`CHUNK_SIZE`); the worker raises, huggingface_hub deletes its ``.incomplete`` file, and the job raises
   :class:`~desktop.errors.Cancelled` once every worker has stopped.
@@ -33,7 +33,7 @@ from desktop.hub.repo import HubContext, RepoFile, RepoListing, RepoRef, hub_con
     storage_folder
 from desktop.hub.errors import translate
 from desktop.gguf.remote import group_gguf_files
-from desktop.jobs import CancelledFn, ProgressFn, RateMeter, check_cancelled, format_bytes, format_duration
+from desktop.jobs import CancelledFn, ProgressFn, check_cancelled, format_bytes, format_duration, with_fields
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,6 @@ class _Transfer:
         self.files_done = len(plan.cached)
         self.fetched = 0
         self.stop = threading.Event()
-        self.meter = RateMeter()
         self._lock = threading.Lock()
         self._last = 0.0
 
@@ -252,7 +251,6 @@ class _Transfer:
         self.check()
         with self._lock:
             self.fetched += int(n)
-            self.meter.add(self.fetched)
             now = time.monotonic()
             if now - self._last >= PROGRESS_INTERVAL_S:
                 self._last = now
@@ -266,12 +264,7 @@ class _Transfer:
             self._emit()
 
     def _emit(self) -> None:
-        done = self.kept + self.fetched
-        rate = self.meter.rate()
-        eta = self.meter.eta(self.total - self.kept) if rate > 0 else None
-        speed = f", {format_bytes(rate)}/s, {format_duration(eta)} left" if rate > 0 else ""
-        self.progress(done, self.total, f"{self.files_done} of {self.n_files} files, {format_bytes(done)} of "
-                                        f"{format_bytes(self.total)}{speed}")
+        self.progress(self.kept + self.fetched, self.total, f"{self.files_done} of {self.n_files} files", unit="B")
 
 
 class _FileBar:
@@ -345,6 +338,7 @@ def download(
     timeout: float | None = None,
 ) -> DownloadResult:
     """Download ``repo`` (a checkpoint for conversion, or the GGUF model ``file`` names) into the HF cache."""
+    progress = with_fields(progress)
     ref = parse_repo_ref(repo, revision)
     ctx = hub_context(token, timeout=timeout)
     started = time.monotonic()
@@ -363,11 +357,11 @@ def download(
                 "reached.", "Connect to the internet and retry.", kind="offline",
             )
         message = "Offline: using the copy already downloaded." if plan.from_cache else "Already downloaded."
-        progress(plan.total_bytes, plan.total_bytes, message)
+        progress(plan.total_bytes, plan.total_bytes, message, unit="B")
         return _result(plan, 0, 0, started, message, offline=plan.from_cache)
     check_disk_space(plan, ctx)
     if kept_note:
-        progress(plan.cached_bytes, plan.total_bytes, f"{kept_note} Fetching {len(remaining)} more.")
+        progress(plan.cached_bytes, plan.total_bytes, f"{kept_note} Fetching {len(remaining)} more.", unit="B")
     _prepare_huggingface_hub()
     transfer = _Transfer(plan, progress, cancelled)
     errors = _run(ctx, plan, remaining, transfer, cancelled, max_workers)
@@ -383,7 +377,7 @@ def download(
                f"({format_bytes(fetched_bytes)}) in {format_duration(seconds)}{rate}.")
     if kept_note:
         message += f" {kept_note}"
-    progress(plan.total_bytes, plan.total_bytes, message)
+    progress(plan.total_bytes, plan.total_bytes, f"{len(plan.files)} of {len(plan.files)} files", unit="B")
     return _result(plan, len(remaining), fetched_bytes, started, message)
 
 

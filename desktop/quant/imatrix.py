@@ -204,9 +204,8 @@ def compute_imatrix(
     grace_s: float = 5.0,
 ) -> Path:
     """Compute an importance matrix for ``model`` from ``text`` (None: the bundled sample) in a child process and
-    save it at ``out``. ``progress(chunk, n_chunks, "chunk 3/20, 12 s left")``; cancel kills the child and leaves
-    no file. Returns ``out``."""
-    from desktop.jobs import RateMeter, format_duration
+    save it at ``out``. ``progress(chunk, n_chunks, "chunk 3/20")`` (speed and ETA are made where they are shown);
+    cancel kills the child and leaves no file. Returns ``out``."""
     from desktop.process import run_in_child
 
     model, out = Path(model), Path(out)
@@ -219,12 +218,6 @@ def compute_imatrix(
         raise UserError(f"A chunk of {n_ctx} tokens is too short; use at least {MIN_BATCH_ROWS}.")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(out)
-    meter = RateMeter()
-
-    def relay(done: float, total: float, message: str) -> None:
-        meter.add(done)
-        eta = meter.eta(total)
-        progress(done, total, f"{message}, {format_duration(eta)} left" if eta is not None and done < total else message)
 
     run_in_child(
         "desktop.quant.imatrix:run_job",
@@ -236,7 +229,7 @@ def compute_imatrix(
             "max_chunks": max_chunks,
             "threads": threads or max(1, os.cpu_count() or 1),
         },
-        progress=relay,
+        progress=progress,
         cancelled=cancelled,
         cleanup=[partial],
         grace_s=grace_s,

@@ -19,7 +19,7 @@ from typing import Any
 from desktop.quant import types as quant_types
 from desktop.quant import sizing
 from desktop.errors import Cancelled, UserError
-from desktop.jobs import CancelledFn, ProgressFn, format_bytes
+from desktop.jobs import CancelledFn, ProgressFn, format_bytes, with_fields
 
 log = logging.getLogger(__name__)
 
@@ -250,53 +250,51 @@ def planned_steps(request: PipelineRequest) -> list[str]:
     return steps + [quant_types.by_name(t).name for t in request.types]
 
 
-class _Stages:
-    """Maps each stage's own progress onto one bar for the status area: stage i of n covers [i, i+1)."""
+class _Steps:
+    """Addresses each stage's progress as its step of the whole run (``step``, ``index``/``count``), so the status
+    area shows one bar and one ETA, and turns it into the queue's running line: data in, data out, no parsing."""
 
-    def __init__(self, progress: ProgressFn, n: int) -> None:
-        self.progress, self.n, self.index = progress, max(1, n), 0
+    def __init__(self, progress: ProgressFn, emit: Emit, keys: list[str]) -> None:
+        self.progress, self.emit, self.keys = progress, emit, keys
 
-    def report(self, done: float, total: float, message: str) -> None:
-        fraction = min(1.0, done / total) if total else 0.0
-        # The status area adds its own ETA for the whole run; the step's own "12 s left" would repeat it.
-        self.progress(self.index + fraction, self.n, _ETA_SUFFIX.sub("", message))
+    def relay(self, key: str) -> ProgressFn:
+        index = self.keys.index(key)
 
+        def report(done: float, total: float, note: str = "", /, **fields: Any) -> None:
+            # a quantize queue reports its own type as the step: find that type's place in the whole run
+            step = str(fields.get("step") or key)
+            at = self.keys.index(step) if step in self.keys else index
+            self.progress(done, total, note, step=step, index=at, count=len(self.keys))
+            if note:
+                self.emit(StepEvent(step, "running", note))
 
-_ETA_SUFFIX = re.compile(r", [^,]* left$")
-_QUEUE_LINE = re.compile(r"^(\S+) \(\d+/\d+\) (.*)$")
+        return report
 
 
 def run_pipeline(request: PipelineRequest, *, progress: ProgressFn, cancelled: CancelledFn,
-                 emit: Emit) -> PipelineOutcome:
+                 emit: Emit, skip: Callable[[str], bool] | None = None) -> PipelineOutcome:
     """[convert] → [imatrix] → quantize every type, as one job. Finished files stay (and are in the library) when
-    a later step fails or is cancelled; partial files never do."""
+    a later step fails or is cancelled; partial files never do. ``skip(type_name)`` True cancels that type alone
+    (see :func:`desktop.quant.quantize.quantize_many`)."""
     from desktop.quant.quantize import QuantizeOptions, model_stem, plan_quantization, quantize_many
 
     outcome = PipelineOutcome(out_dir=request.out_dir)
-    steps = planned_steps(request)
-    stages = _Stages(progress, (1 if request.source.is_checkpoint else 0) + (1 if IMATRIX_STEP in steps else 0) + 1)
+    progress = with_fields(progress)
+    steps = _Steps(progress, emit, planned_steps(request))
     options: QuantizeOptions = request.options
     source_path = request.source.path
     if request.source.is_checkpoint:
-        source_path = _convert(request, stages, cancelled, emit)
+        source_path = _convert(request, steps.relay(CONVERT_STEP), cancelled, emit)
         outcome.converted = source_path
-        stages.index += 1
     if not request.types:
-        progress(1, 1, "done: converted")
+        progress(1, 1, "converted", step=CONVERT_STEP)
         return outcome
     if request.calibration is not None:
         _precheck(plan_quantization, source_path, request, options)
         imatrix_path = request.out_dir / f"{model_stem(source_path)}.imatrix.gguf"
-        _imatrix(source_path, request, imatrix_path, stages, cancelled, emit)
+        _imatrix(source_path, request, imatrix_path, steps.relay(IMATRIX_STEP), cancelled, emit)
         outcome.imatrix = imatrix_path
         options = replace(options, imatrix=str(imatrix_path))
-        stages.index += 1
-
-    def relay(done: float, total: float, message: str) -> None:
-        stages.report(done, total, message)
-        line = _QUEUE_LINE.match(message)
-        if line:
-            emit(StepEvent(line.group(1), "running", line.group(2)))
 
     def finished(result: Any) -> None:
         outcome.results.append(result)
@@ -306,8 +304,9 @@ def run_pipeline(request: PipelineRequest, *, progress: ProgressFn, cancelled: C
         emit(LogEvent(f"{result.quant_type}: wrote {result.path} ({format_bytes(result.bytes)})"))
 
     emit(LogEvent(f"Quantizing {source_path.name} to {', '.join(request.types)} in {request.out_dir}"))
-    quantize_many(source_path, list(request.types), request.out_dir, options, progress=relay,
-                  cancelled=cancelled, on_result=finished)
+    first_type = quant_types.by_name(request.types[0]).name
+    quantize_many(source_path, list(request.types), request.out_dir, options, progress=steps.relay(first_type),
+                  cancelled=cancelled, on_result=finished, skip=skip)
     return outcome
 
 
@@ -323,7 +322,7 @@ def _precheck(plan: Callable[..., Any], source: Path, request: PipelineRequest, 
             raise
 
 
-def _convert(request: PipelineRequest, stages: _Stages, cancelled: CancelledFn, emit: Emit) -> Path:
+def _convert(request: PipelineRequest, progress: ProgressFn, cancelled: CancelledFn, emit: Emit) -> Path:
     from desktop.convert import inspect_checkpoint
     from desktop.convert.job import cleanup_paths
     from desktop.process import run_in_child
@@ -335,10 +334,8 @@ def _convert(request: PipelineRequest, stages: _Stages, cancelled: CancelledFn, 
     emit(StepEvent(CONVERT_STEP, "running", "starting"))
     emit(LogEvent(f"Converting {src} to {out.name} ({request.convert_type})"))
 
-    def relay(done: float, total: float, message: str) -> None:
-        line = f"[{int(done)}/{int(total)}] {message}" if total else message
-        stages.report(done, total, f"Converting {line}")
-        emit(StepEvent(CONVERT_STEP, "running", line))
+    def relay(done: float, total: float, note: str = "", /, **_fields: Any) -> None:
+        progress(done, total, f"[{int(done)}/{int(total)}] {note}" if total else note)
 
     result = run_in_child("desktop.convert.job:run",
                           {"src_dir": str(src), "out_path": str(out), "outtype": request.convert_type.lower()},
@@ -352,7 +349,7 @@ def _convert(request: PipelineRequest, stages: _Stages, cancelled: CancelledFn, 
     return path
 
 
-def _imatrix(model: Path, request: PipelineRequest, out: Path, stages: _Stages, cancelled: CancelledFn,
+def _imatrix(model: Path, request: PipelineRequest, out: Path, progress: ProgressFn, cancelled: CancelledFn,
              emit: Emit) -> None:
     from desktop.quant.imatrix import compute_imatrix
 
@@ -360,13 +357,9 @@ def _imatrix(model: Path, request: PipelineRequest, out: Path, stages: _Stages, 
     emit(StepEvent(IMATRIX_STEP, "running", "starting"))
     emit(LogEvent(f"Computing an importance matrix from {request.calibration.name}"))
 
-    def relay(done: float, total: float, message: str) -> None:
-        stages.report(done, total, f"Importance matrix: {message}")
-        emit(StepEvent(IMATRIX_STEP, "running", message))
-
     if cancelled():
         raise Cancelled()
-    compute_imatrix(model, request.calibration, out, progress=relay, cancelled=cancelled,
+    compute_imatrix(model, request.calibration, out, progress=progress, cancelled=cancelled,
                     n_ctx=IMATRIX_CHUNK_TOKENS, max_chunks=request.imatrix_max_chunks)
     emit(StepEvent(IMATRIX_STEP, "done", f"saved as {out.name}", out, out.stat().st_size))
     emit(LogEvent(f"Importance matrix saved: {out}"))

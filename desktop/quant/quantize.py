@@ -9,13 +9,15 @@ Parent side (what the GUI and the CLI call):
 * :func:`quantize_many` runs the tasks one after another (a queue), reports progress and registers each finished
   file in the library. :func:`quantize_one` runs a single type.
 
-Progress messages look like ``"Q4_K_M (1/2) [12/201] blk.3.ffn_down.weight → q4_K, 40 s left"``; ``done`` and
-``total`` count tensors over the whole queue. Cancel kills the child (``llama_model_quantize`` cannot be
-interrupted) and removes the partial file; finished outputs of earlier types stay.
+Progress is data (:class:`desktop.jobs.Progress`): each type is a step (``step="Q4_K_M", index=0, count=2``) whose
+``done``/``total`` count the source's tensor elements (tensors differ wildly in size, so elements track time), and
+whose note names the tensor (``"[12/201] blk.3.ffn_down.weight → q4_K"``). Cancel kills the child
+(``llama_model_quantize`` cannot be interrupted) and removes the partial file; finished outputs of earlier types
+stay.
 
 Child side: :func:`run_job` installs a llama.cpp log callback and turns its per-tensor lines
 (``[  12/ 201] blk.3.ffn_down.weight - [ 2048, 640, 1, 1], type = f16, converting to q4_K .. size = ...``) into
-``progress(12, 201, "[12/201] blk.3.ffn_down.weight → q4_K")``.
+``progress(elements_done, elements_total, "[12/201] blk.3.ffn_down.weight → q4_K")``.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ from typing import Any
 
 from desktop.quant import types as quant_types
 from desktop.quant import sizing
-from desktop.errors import UserError
+from desktop.errors import Cancelled, UserError
 from desktop.fileio import partial_path, remove_quietly
-from desktop.jobs import CancelledFn, ProgressFn, format_bytes, format_duration
+from desktop.jobs import CancelledFn, ProgressFn, format_bytes, with_fields
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ class QuantizeTask:
     output: Path
     predicted_bytes: int
     n_tensors: int
+    n_elements: int = 0  # of the source's tensors: the unit of this task's progress
 
 
 @dataclass(frozen=True)
@@ -230,7 +233,8 @@ def plan_quantization(
             # compared without case too: on macOS and Windows "x-Q4_K_M.gguf" and "x-q4_k_m.gguf" are one file
             raise UserError(f"The output {target.name} would overwrite the source.", "Choose another output folder.")
         predicted = sizing.predict_size(tensors, quant.name, **options.sizing_options())
-        tasks.append(QuantizeTask(source, quant, target, predicted, len(tensors)))
+        tasks.append(QuantizeTask(source, quant, target, predicted, len(tensors),
+                                  sum(t.n_elements for t in tensors)))
     if check_disk:
         _check_free_space(tasks)
     return tasks
@@ -291,6 +295,7 @@ def quantize_one(
                 "out_path": str(partial),
                 "type_name": task.quant.name,
                 "options": options.as_dict(),
+                "n_elements": task.n_elements,
             },
             progress=progress,
             cancelled=cancelled,
@@ -324,14 +329,17 @@ def quantize_many(
     cancelled: CancelledFn,
     on_result: Callable[[QuantizeResult], None] | None = None,
     register: bool = True,
+    skip: Callable[[str], bool] | None = None,
 ) -> list[QuantizeResult]:
     """Quantize ``source`` to each of ``types`` in turn (checked up front by :func:`plan_quantization`).
 
     Each finished file is reported through ``on_result`` and registered in the library (when the library module
     is available). Raises :class:`~desktop.errors.Cancelled` on cancel (files already finished stay) and
-    :class:`~desktop.jobs.JobFailed` when llama.cpp fails.
+    :class:`~desktop.jobs.JobFailed` when llama.cpp fails. ``skip(type_name)`` True cancels one item of the queue:
+    a waiting type never starts, a running one is stopped (its partial file removed), and the queue goes on.
     """
     options = options or QuantizeOptions()
+    progress = with_fields(progress)
     from desktop.process import ChildProcess
 
     # The first child starts now and imports llama.cpp while the plan reads the source's header.
@@ -341,55 +349,40 @@ def quantize_many(
     except BaseException:
         warm.close()
         raise
-    total = sum(t.n_tensors for t in tasks)
     results: list[QuantizeResult] = []
-    done_before = 0
-    started = time.monotonic()
-    work_total = sum(t.predicted_bytes for t in tasks) or 1
-    work_done = 0
-    for index, task in enumerate(tasks, start=1):
-        label = f"{task.quant.name} ({index}/{len(tasks)})"
-        eta = _EtaByWeight(task, work_done, work_total, started)
+    count = len(tasks)
+    unused: Any = warm  # the warm child runs the first task that runs; closed here if none does
+    try:
+        for index, task in enumerate(tasks):
+            name = task.quant.name
+            if skip is not None and skip(name):
+                continue
+            step = {"step": name, "index": index, "count": count}
 
-        def relay(done: float, _total: float, message: str, *, _label: str = label, _eta: _EtaByWeight = eta,
-                  _before: int = done_before) -> None:
-            left = _eta.update(message)
-            suffix = f", {format_duration(left)} left" if left is not None else ""
-            progress(_before + done, total, f"{_label} {message}{suffix}")
+            def relay(done: float, total: float, note: str = "", /, *, _step: dict[str, Any] = step,
+                      **_fields: Any) -> None:
+                progress(done, total, note, **_step)
 
-        progress(done_before, total, f"{label} starting")
-        result = quantize_one(task, options, progress=relay, cancelled=cancelled, child=warm if index == 1 else None)
-        done_before += task.n_tensors
-        work_done += task.predicted_bytes
-        results.append(result)
-        if register:
-            _register(result, task.source)
-        if on_result is not None:
-            on_result(result)
-    progress(total, total, f"done: {len(results)} file{'s' if len(results) != 1 else ''}")
+            def stop_item(_name: str = name) -> bool:
+                return cancelled() or (skip is not None and skip(_name))
+
+            progress(0, task.n_elements or task.n_tensors, "starting", **step)
+            child, unused = unused, None
+            try:
+                result = quantize_one(task, options, progress=relay, cancelled=stop_item, child=child)
+            except Cancelled:
+                if cancelled() or skip is None or not skip(name):
+                    raise
+                continue  # only this item was cancelled: the queue goes on
+            results.append(result)
+            if register:
+                _register(result, task.source)
+            if on_result is not None:
+                on_result(result)
+    finally:
+        if unused is not None:
+            unused.close()
     return results
-
-
-class _EtaByWeight:
-    """ETA from how many of the source's elements are done: tensors differ wildly in size (token_embd is huge)."""
-
-    def __init__(self, task: QuantizeTask, work_done: int, work_total: int, started: float) -> None:
-        self.weights = {t.name: t.n_elements for t in source_tensors(task.source)}
-        self.n_total = sum(self.weights.values()) or 1
-        self.n_done = 0
-        self.task_share = task.predicted_bytes / work_total
-        self.before = work_done / work_total
-        self.started = started
-
-    def update(self, message: str) -> float | None:
-        match = re.search(r"\]\s+(\S+)", message)
-        if match:
-            self.n_done += self.weights.get(match.group(1), 0)
-        fraction = self.before + self.task_share * self.n_done / self.n_total
-        elapsed = time.monotonic() - self.started
-        if fraction <= 0.02 or elapsed < 1.0:
-            return None
-        return elapsed * (1 - fraction) / fraction
 
 
 def _register(result: QuantizeResult, source: Path) -> None:
@@ -407,15 +400,18 @@ def _register(result: QuantizeResult, source: Path) -> None:
 # Child side
 
 
-_START = re.compile(r"\[\s*(\d+)\s*/\s*(\d+)\]\s+(\S+)\s+-\s+\[[^\]]*\],\s+type\s+=\s+(\w+),")
+_START = re.compile(r"\[\s*(\d+)\s*/\s*(\d+)\]\s+(\S+)\s+-\s+\[([^\]]*)\],\s+type\s+=\s+(\w+),")
 _CONVERTING = re.compile(r"converting to (\w+)")
 
 
 class TensorLineParser:
-    """Turns llama.cpp's quantize log text (arriving in pieces) into per-tensor progress calls."""
+    """Turns llama.cpp's quantize log text (arriving in pieces) into per-tensor progress calls, counted in tensor
+    elements (the shape in each line) out of ``n_elements`` (the source's; 0: count tensors instead)."""
 
-    def __init__(self, progress: ProgressFn) -> None:
+    def __init__(self, progress: ProgressFn, n_elements: int = 0) -> None:
         self.progress = progress
+        self.n_elements = n_elements
+        self.elements_done = 0
         self.buffer = ""
         self.errors: list[str] = []
         self.warnings: list[str] = []
@@ -437,11 +433,20 @@ class TensorLineParser:
             if "falling back to" in line or "applying manual override" in line:
                 self.warnings.append(line.strip())
             return
-        index, total, name, src_type = int(start.group(1)), int(start.group(2)), start.group(3), start.group(4)
+        index, total, name, src_type = int(start.group(1)), int(start.group(2)), start.group(3), start.group(5)
         converting = _CONVERTING.search(line, start.end())
         target = converting.group(1) if converting else f"{src_type} (kept)"
         self.tensors_done = index
-        self.progress(index, total, f"[{index}/{total}] {name} → {target}")
+        note = f"[{index}/{total}] {name} → {target}"
+        if self.n_elements <= 0:
+            self.progress(index, total, note)
+            return
+        elements = 1
+        for dim in start.group(4).split(","):
+            dim = dim.strip()
+            elements *= int(dim) if dim.isdigit() else 1
+        self.elements_done = min(self.n_elements, self.elements_done + elements)
+        self.progress(self.elements_done, self.n_elements, note)
 
 
 def _imatrix_array(path: str, keep: list[Any]) -> Any:
@@ -560,12 +565,13 @@ def run_job(
     out_path: str,
     type_name: str,
     options: dict[str, Any],
+    n_elements: int = 0,
 ) -> dict[str, Any]:
     """Child side: quantize ``source`` to ``out_path`` with per-tensor progress from llama.cpp's log."""
     import llama_cpp
 
     del cancelled  # llama_model_quantize cannot be interrupted: the parent kills this process instead
-    parser = TensorLineParser(progress)
+    parser = TensorLineParser(progress, n_elements)
 
     def on_log(level: int, text: bytes | None, _user_data: int) -> None:
         if text:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Slot
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
-from desktop.jobs import format_duration
 from desktop.workers import Job, JobManager, JobState
 
 
@@ -36,9 +35,10 @@ class JobRow(QWidget):
 
     def update_from_job(self) -> None:
         job = self.job
-        if job.total > 0:
+        fraction = job.fraction()
+        if fraction is not None:
             self.bar.setRange(0, 1000)
-            self.bar.setValue(int(1000 * job.done / job.total))
+            self.bar.setValue(int(1000 * fraction))
         elif job.is_active():
             self.bar.setRange(0, 0)  # busy indicator when the total is unknown
         if job.state is JobState.FAILED and job.error is not None:
@@ -50,11 +50,10 @@ class JobRow(QWidget):
             text = "Done"
             self.bar.setRange(0, 1000)
             self.bar.setValue(1000)
+        elif job.is_cancelled():
+            text = "Cancelling…"
         else:
-            text = job.message
-            eta = job.eta()
-            if job.total > 0 and eta is not None:
-                text += f" · {format_duration(eta)} left"
+            text = job.status_text()
         self.full_text = text
         self.detail.setToolTip(text)
         self.detail.setText(text)

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from desktop.jobs import format_bytes, format_duration
+from desktop.jobs import ProgressPrinter, format_bytes, format_duration
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +34,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() != ".gguf":
         out = out.with_name(out.name + ".gguf")
-    last = [-1]
-
-    def progress(done: float, total: float, message: str) -> None:
-        if sys.stderr.isatty():
-            print(f"\r\033[K[{int(done)}/{int(total)}] {message}"[:200], end="", file=sys.stderr, flush=True)
-        elif total and int(100 * done / total) // 10 != last[0]:
-            last[0] = int(100 * done / total) // 10
-            print(f"[{int(done)}/{int(total)}] {message}", file=sys.stderr, flush=True)
+    progress = ProgressPrinter()
 
     kwargs = {"src_dir": str(Path(args.source).resolve()), "out_path": str(out.resolve()), "outtype": args.outtype}
     if args.in_process:
@@ -50,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
         result = job(progress=progress, cancelled=lambda: False, **kwargs)
     else:
         result = run_in_child("desktop.convert.job:run", kwargs, progress=progress, cleanup=cleanup_paths(out))
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
+    progress.end()
     print(f"{result['name']} ({result['size_label']}, {result['architecture']}) -> {result['path']}: "
           f"{format_bytes(result['size'])}, {result['tensors']} tensors, {format_duration(result['seconds'])}")
     _register(Path(result["path"]), str(Path(args.source).resolve()))

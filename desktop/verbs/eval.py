@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from desktop.jobs import ProgressPrinter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,16 +25,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--force", action="store_true", help="measure again even if a stored result exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
-
-
-def progress_printer() -> object:
-    def progress(done: float, total: float, message: str) -> None:
-        if sys.stderr.isatty():
-            print(f"\r\033[K{message}"[:200], end="", file=sys.stderr, flush=True)
-        else:
-            print(message, file=sys.stderr, flush=True)
-
-    return progress
 
 
 def format_result(r: object) -> str:
@@ -58,10 +49,12 @@ def format_result(r: object) -> str:
 def run(args: argparse.Namespace) -> int:
     from desktop.eval.measurements import measure
 
-    result = measure(args.model, base_path=args.base, text_path=args.text, n_ctx=args.ctx, max_chunks=args.chunks,
-                     threads=args.threads, force=args.force, progress=progress_printer(),
-                     cancelled=lambda: False)
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
+    progress = ProgressPrinter()
+    try:
+        result = measure(args.model, base_path=args.base, text_path=args.text, n_ctx=args.ctx,
+                         max_chunks=args.chunks, threads=args.threads, force=args.force, progress=progress,
+                         cancelled=lambda: False)
+    finally:
+        progress.end()
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_result(result))
     return 0

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from desktop.jobs import ProgressPrinter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -29,14 +30,11 @@ def run(args: argparse.Namespace) -> int:
     model = Path(args.model)
     out = Path(args.output) if args.output else model.with_name(model.name.removesuffix(".gguf") + ".imatrix.gguf")
 
-    def progress(done: float, total: float, message: str) -> None:
-        end = "" if sys.stderr.isatty() else "\n"
-        prefix = "\r\033[K" if sys.stderr.isatty() else ""
-        print(f"{prefix}importance matrix: {message}", end=end, file=sys.stderr, flush=True)
-
-    compute_imatrix(model, args.text, out, progress=progress, cancelled=lambda: False, n_ctx=args.ctx,
-                    max_chunks=args.chunks, threads=args.threads)
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
+    progress = ProgressPrinter(prefix="importance matrix: ")
+    try:
+        compute_imatrix(model, args.text, out, progress=progress, cancelled=lambda: False, n_ctx=args.ctx,
+                        max_chunks=args.chunks, threads=args.threads)
+    finally:
+        progress.end()
     print(out)
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from desktop.jobs import format_bytes
@@ -35,13 +34,11 @@ def run(args: argparse.Namespace) -> int:
 
         raise UserError("The context length must be a positive number of tokens.", "For example --context 4096.")
 
-    def progress(done: float, total: float, message: str) -> None:
-        if not args.json and sys.stderr.isatty():
-            print(f"\r\033[K{message}"[:200], end="", file=sys.stderr, flush=True)
+    from desktop.jobs import ProgressPrinter
 
+    progress = ProgressPrinter(quiet=args.json)
     report = inspect_repo(progress=progress, cancelled=lambda: False, repo=args.repo, revision=args.revision)
-    if not args.json and sys.stderr.isatty():
-        print("\r\033[K", end="", file=sys.stderr, flush=True)
+    progress.end()
     memory = machine_memory()
     rows = fit_rows(report, args.context, memory)
     if args.json:

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from desktop.errors import UserError
+from desktop.jobs import ProgressPrinter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,28 +25,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--file", help="a file name or pattern, e.g. Q4_K_M or '*Q4_K_M*.gguf' (all shards come along)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
-
-
-class _Printer:
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self.last_percent = -1
-
-    def __call__(self, done: float, total: float, message: str) -> None:
-        if self.quiet:
-            return
-        if self.tty:
-            print(f"\r\033[K{message}"[:200], end="", file=sys.stderr, flush=True)
-            return
-        percent = int(done * 10 / total) * 10 if total else -1
-        if percent != self.last_percent or not total:
-            self.last_percent = percent
-            print(message, file=sys.stderr, flush=True)
-
-    def end(self) -> None:
-        if self.tty and not self.quiet:
-            print(file=sys.stderr)
 
 
 def _ask_token(error: UserError) -> str | None:
@@ -69,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from desktop.hub.download import download
     from desktop.hub.errors import TOKEN_KINDS
 
-    printer = _Printer(args.json)
+    printer = ProgressPrinter(quiet=args.json)
     kwargs: dict[str, Any] = {"repo": args.repo, "revision": args.revision, "file": args.file}
     try:
         result = download(progress=printer, cancelled=lambda: False, **kwargs)

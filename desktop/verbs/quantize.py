@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from desktop.jobs import format_bytes
+from desktop.jobs import ProgressPrinter, format_bytes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -69,19 +69,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{task.quant.name:>9}  predicted {format_bytes(task.predicted_bytes):>9}  -> {task.output}")
     if args.dry_run:
         return 0
-    last = [""]
-
-    def progress(done: float, total: float, message: str) -> None:
-        if sys.stderr.isatty():
-            print(f"\r\033[K{message}"[:200], end="", file=sys.stderr, flush=True)
-        elif message.split("[")[0] != last[0]:
-            last[0] = message.split("[")[0]
-            print(message, file=sys.stderr, flush=True)
-
-    results = quantize_many(args.source, args.types, args.out_dir, options, progress=progress,
-                            cancelled=lambda: False)
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
+    progress = ProgressPrinter()
+    try:
+        results = quantize_many(args.source, args.types, args.out_dir, options, progress=progress,
+                                cancelled=lambda: False)
+    finally:
+        progress.end()
     for r in results:
         print(f"{r.quant_type:>9}  {format_bytes(r.bytes):>9}  {r.seconds:6.1f} s  {r.path}")
     return 0

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import re
-import sys
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
           "GIB": 2**30, "TIB": 2**40}
@@ -47,15 +46,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     from desktop.eval.recommend import Limits, find_quant
-    from desktop.verbs.eval import progress_printer
+    from desktop.jobs import ProgressPrinter
 
     limits = Limits(max_memory_bytes=args.max_memory, max_kld=args.max_kld,
                     max_ppl_increase_pct=args.max_ppl_increase, n_ctx=args.ctx, prefer=args.prefer)
     rec = find_quant(args.base, limits, types=args.types, text_path=args.text, eval_ctx=args.eval_ctx,
-                     max_chunks=args.chunks, out_dir=args.out_dir, progress=progress_printer(),
+                     max_chunks=args.chunks, out_dir=args.out_dir, progress=(progress := ProgressPrinter()),
                      cancelled=lambda: False)
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
+    progress.end()
     if args.json:
         data = dataclasses.asdict(rec)
         data["rejected"] = [{"candidate": c, "reason": r} for c, r in data["rejected"]]

@@ -9,8 +9,13 @@ A :class:`Job` wraps a Qt-free callable ``fn(progress, cancelled)`` (see :mod:`d
     job.sig_result.connect(self._on_quantized)
     manager.start(job)
 
-Signals cross to the GUI thread queued. After :meth:`Job.cancel`, no late progress or result reaches the
-receivers; :attr:`Job.sig_finished` is always the last signal, on every outcome.
+Progress arrives as :class:`~desktop.jobs.Progress` data; each job's :class:`~desktop.jobs.ProgressTracker` turns it
+into the fraction, speed, ETA and line every page shows (:meth:`Job.status_text`).
+
+Signals cross to the GUI thread queued. After :meth:`Job.cancel`, no late progress reaches the receivers, and a
+job that stops for the cancel ends as cancelled; a job that had already finished when the cancel came ends as it
+finished (its files exist). :attr:`Job.sig_finished` is always the last signal, on every outcome. The manager
+keeps a finished job listed until the next one finishes and then drops it, so finished jobs are freed.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
 from desktop import process
 from desktop.errors import Cancelled
-from desktop.jobs import JobError, RateMeter, error_from_exception
+from desktop.jobs import JobError, Progress, ProgressTracker, error_from_exception
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +50,14 @@ class JobState(enum.Enum):
 class _Relay(QObject):
     """Lives in the GUI thread; the worker thread emits these, Qt queues them to the Job."""
 
-    progress = Signal(float, float, str)
+    progress = Signal(object)  # a Progress
     done = Signal(str, object)  # outcome ("result" | "error" | "cancelled"), payload
 
 
 class Job(QObject):
     sig_progress = Signal(float, float, str)
-    """(done, total, message), throttled: only when the rounded per-mille or the message changes."""
+    """(done, total, note) of the current step, throttled: only when the rounded per-mille, the step or the note
+    changes. The whole report is :attr:`progress`; the line to show, :meth:`status_text`."""
     sig_result = Signal(object)
     """The job's return value, on success."""
     sig_error = Signal(object)
@@ -74,13 +80,14 @@ class Job(QObject):
         self.message = ""
         self.error: JobError | None = None
         self.started_at: float | None = None
-        self._meter = RateMeter()
+        self.progress = Progress()
+        self._tracker = ProgressTracker()
         self._cancel = threading.Event()
         self._finished = threading.Event()
         self._relay = _Relay()
         self._relay.progress.connect(self._on_progress)
         self._relay.done.connect(self._on_done)
-        self._last_key: tuple[int, str] | None = None
+        self._last_key: tuple[str, int, int, str] | None = None
 
     # ---- called from the GUI thread
     def cancel(self) -> None:
@@ -100,10 +107,20 @@ class Job(QObject):
         return self._finished.wait(timeout_s)
 
     def rate(self) -> float:
-        return self._meter.rate()
+        """Bytes per second of the current step (0 when the work is not bytes or not measured yet)."""
+        return self._tracker.speed() or 0.0
 
     def eta(self) -> float | None:
-        return self._meter.eta(self.total)
+        """Seconds left for the whole job, once its speed is known; None before."""
+        return self._tracker.eta()
+
+    def fraction(self) -> float | None:
+        """How much of the whole job is done, or None while unknown."""
+        return self._tracker.fraction
+
+    def status_text(self, *, with_eta: bool = True) -> str:
+        """The progress line: step, note, bytes, speed and ETA, in the wording every page and the CLI share."""
+        return self._tracker.line(with_eta=with_eta)
 
     # ---- called from the worker thread
     def _run(self) -> None:
@@ -120,36 +137,38 @@ class Job(QObject):
                 log.error("job %r failed:\n%s", self.title, error.detail)
             self._relay.done.emit("error", error)
         else:
-            if self._cancel.is_set():
+            if self._cancel.is_set():  # it saw the cancel and stopped early: its result is not the whole work
                 self._relay.done.emit("cancelled", None)
-            else:
+            else:  # it had finished; a cancel landing from now on comes too late to stop anything
                 self._relay.done.emit("result", result)
         finally:
             self._finished.set()
 
-    def _report_progress(self, done: float, total: float, message: str = "") -> None:
+    def _report_progress(self, done: float, total: float, note: str = "", /, **fields: object) -> None:
+        report = Progress.of(done, total, note, **fields)
         permille = int(1000 * done / total) if total else -1
-        key = (permille, message)
+        key = (report.step, report.index, permille, note)
         if key == self._last_key:
             return
         self._last_key = key
-        self._relay.progress.emit(float(done), float(total), message)
+        self._relay.progress.emit(report)
 
     # ---- slots, in the GUI thread
-    @Slot(float, float, str)
-    def _on_progress(self, done: float, total: float, message: str) -> None:
+    @Slot(object)
+    def _on_progress(self, report: Progress) -> None:
         if self._cancel.is_set() or not self.is_active():
             return  # late progress from a cancelled job never reaches the page
         if self.state is JobState.QUEUED:
             self.state = JobState.RUNNING
-        self.done, self.total, self.message = done, total, message
-        self._meter.add(done)
-        self.sig_progress.emit(done, total, message)
+        self.progress = report
+        self.done, self.total, self.message = report.done, report.total, report.note
+        self._tracker.update(report)
+        self.sig_progress.emit(report.done, report.total, report.note)
         self.sig_state_changed.emit()
 
     @Slot(str, object)
     def _on_done(self, outcome: str, payload: object) -> None:
-        if outcome == "result" and not self._cancel.is_set():
+        if outcome == "result":
             self.state = JobState.DONE
             self.sig_result.emit(payload)
         elif outcome == "error" and not self._cancel.is_set():
@@ -187,10 +206,11 @@ class JobManager(QObject):
         self._jobs: list[Job] = []
 
     def start(self, job: Job) -> Job:
-        job.setParent(self)
+        # Not parented to the manager: a parent would keep every finished job (and its payload) alive for the
+        # whole session. The list below holds a job while it runs and while it is shown as finished.
         self._jobs.append(job)
         job.sig_state_changed.connect(self.sig_jobs_changed)
-        job.sig_finished.connect(lambda: self._forget_later(job))
+        job.sig_finished.connect(self._on_job_finished)  # not a lambda holding the job: it would never be freed
         job.state = JobState.RUNNING
         self._pool.start(_Runnable(job))
         self.sig_jobs_changed.emit()
@@ -204,6 +224,12 @@ class JobManager(QObject):
 
     def active_jobs(self) -> list[Job]:
         return [j for j in self._jobs if j.is_active()]
+
+    @Slot()
+    def _on_job_finished(self) -> None:
+        job = self.sender()
+        if isinstance(job, Job):
+            self._forget_later(job)
 
     def _forget_later(self, job: Job) -> None:
         # Finished jobs stay listed (so the user sees "done" or the error) until the next one finishes.

@@ -4,17 +4,12 @@ they run on the job threads and can be called directly in tests."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from desktop.memory.fit import MachineMemory, machine_memory
 from desktop.hub.repo import RepoReport
 from desktop.jobs import CancelledFn, ProgressFn
-
-# The download's own message ends with ", 8 s left"; the status area adds the ETA itself (from the job's rate
-# meter), so the panel forwards the message without it and both places show it once.
-_ETA_SUFFIX = re.compile(r", [^,]* left$")
 
 
 @dataclass
@@ -57,10 +52,7 @@ def download_job(progress: ProgressFn, cancelled: CancelledFn, *, request: Downl
     from desktop.jobs import check_cancelled
     from desktop.library import Library
 
-    def relay(done: float, total: float, message: str) -> None:
-        progress(done, total, _ETA_SUFFIX.sub("", message))
-
-    result = download(progress=relay, cancelled=cancelled, repo=request.repo, revision=request.revision,
+    result = download(progress=progress, cancelled=cancelled, repo=request.repo, revision=request.revision,
                       file=request.file)
     added = None
     if result.model_path.lower().endswith(".gguf"):

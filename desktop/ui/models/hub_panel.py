@@ -26,7 +26,7 @@ from desktop.errors import UserError
 from desktop.memory.fit import machine_memory
 from desktop.hub.repo import RepoReport, parse_repo_ref
 from desktop.hub.errors import TOKEN_KINDS
-from desktop.jobs import JobError, format_bytes, format_duration
+from desktop.jobs import JobError, format_bytes
 from desktop.ui.models.hub_fit_table import FitTable
 from desktop.ui.models.hub_jobs import (
     DownloadOutcome,
@@ -252,8 +252,7 @@ class HubPanel(QWidget):
         if total > 0:
             self.progress.setRange(0, 1000)
             self.progress.setValue(int(1000 * done / total))
-        eta = job.eta() if job is not None and total > 0 and done < total else None
-        self.download_message.setText(message + (f" · {format_duration(eta)} left" if eta is not None else ""))
+        self.download_message.setText(job.status_text() if job is not None else message)
 
     @Slot(object)
     def _on_downloaded(self, outcome: DownloadOutcome) -> None:

@@ -97,6 +97,8 @@ class QuantizePage(QWidget):
         _stretch_body(targets)
 
         self.queue = QueueView()
+        self.queue.sig_cancel_item.connect(self.cancel_item)
+        self._skipped: set[str] = set()  # types cancelled one by one; the worker reads it (set lookups are atomic)
         self.log = LogView()
         queue_card = Card("Queue")
         queue_card.body.addWidget(self.queue)
@@ -303,9 +305,11 @@ class QuantizePage(QWidget):
         self.queue.start(steps, self._sizes, request.convert_type)
         self._relay = _EventRelay(self)
         self._relay.sig_event.connect(self._on_event)
+        self._skipped = set()
         what = describe_types(list(request.types)) if request.types else f"GGUF ({request.convert_type})"
         job = Job(f"Quantize {request.source.path.stem} → {what}",
-                  functools.partial(run_pipeline, request, emit=self._relay.sig_event.emit))
+                  functools.partial(run_pipeline, request, emit=self._relay.sig_event.emit,
+                                    skip=self._skipped.__contains__))
         job.sig_result.connect(self._on_done)
         job.sig_error.connect(self._on_error)
         job.sig_cancelled.connect(self._on_cancelled)
@@ -321,6 +325,14 @@ class QuantizePage(QWidget):
         if self.run_job is not None:
             self.run_job.cancel()
             self.status.setText("Cancelling…")
+
+    @Slot(str)
+    def cancel_item(self, key: str) -> None:
+        """Cancel one type of the running queue; the others go on."""
+        if self.run_job is None or not self.run_job.is_active():
+            return
+        self._skipped.add(key)
+        self.log.add(f"{key}: cancelled; the rest of the queue goes on.")
 
     @Slot(object)
     def _on_event(self, event: object) -> None:

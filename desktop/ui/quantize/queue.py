@@ -3,9 +3,17 @@ predicted one, failed, cancelled) and the log of per-tensor lines, redrawn from 
 
 from __future__ import annotations
 
-from PySide6.QtCore import QTimer, Slot
+from PySide6.QtCore import QTimer, Signal, Slot
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QPlainTextEdit, QTableWidget, QTableWidgetItem, QWidget
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QPlainTextEdit,
+    QTableWidget,
+    QTableWidgetItem,
+    QToolButton,
+    QWidget,
+)
 
 from desktop.jobs import format_bytes
 from desktop.quant.pipeline import CONVERT_STEP, IMATRIX_STEP, StepEvent
@@ -26,12 +34,16 @@ def step_title(key: str, convert_type: str = "F16") -> str:
 
 
 class QueueView(QTableWidget):
-    """One row per step of the run, in order: the step, its state, and its detail (the predicted size while it
-    waits, the per-tensor line while it runs, the real size against the predicted one when done)."""
+    """One row per step of the run, in order: the step, its state, its detail (the predicted size while it
+    waits, the per-tensor line while it runs, the real size against the predicted one when done), and for each
+    type a button that cancels that item alone while it waits or runs."""
+
+    sig_cancel_item = Signal(str)
+    """The user cancelled one type of the queue (its key); the rest of the run goes on."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(0, 3, parent)
-        self.setHorizontalHeaderLabels(["Step", "State", "Detail"])
+        super().__init__(0, 4, parent)
+        self.setHorizontalHeaderLabels(["Step", "State", "Detail", ""])
         self.verticalHeader().setVisible(False)
         self.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -40,6 +52,7 @@ class QueueView(QTableWidget):
         for col in range(2):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(3, QHeaderView.ResizeMode.ResizeToContents)
         self.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 10)
         self.keys: list[str] = []
         self.states: dict[str, str] = {}
@@ -54,6 +67,22 @@ class QueueView(QTableWidget):
                       f"predicted {format_bytes(size)}" if isinstance(size, int) else ""]
             for col, value in enumerate(values):
                 self.setItem(row, col, QTableWidgetItem(value))
+            self.setItem(row, 3, QTableWidgetItem(""))
+            if key not in (CONVERT_STEP, IMATRIX_STEP):  # those feed every later step: Cancel stops the whole run
+                button = QToolButton()
+                button.setText("Cancel")
+                button.setToolTip(f"Cancel {key} only; the other types go on")
+                button.clicked.connect(lambda _=False, k=key: self.cancel_item(k))
+                self.setCellWidget(row, 3, button)
+
+    def cancel_button(self, key: str) -> QToolButton | None:
+        widget = self.cellWidget(self.keys.index(key), 3)
+        return widget if isinstance(widget, QToolButton) else None
+
+    def cancel_item(self, key: str) -> None:
+        if self.states.get(key) in (WAITING, RUNNING):
+            self._set(key, CANCELLED, "cancelled")
+            self.sig_cancel_item.emit(key)
 
     def state(self, key: str) -> str:
         return self.states.get(key, "")
@@ -62,8 +91,8 @@ class QueueView(QTableWidget):
         return self.item(self.keys.index(key), 2).text()
 
     def apply(self, event: StepEvent) -> None:
-        if event.key not in self.keys:
-            return
+        if event.key not in self.keys or self.states[event.key] == CANCELLED:
+            return  # a cancelled item's last reports arrive after it was cancelled
         if event.state == RUNNING:
             for earlier in self.keys[: self.keys.index(event.key)]:  # a step that reported nothing is behind us
                 if self.states[earlier] == WAITING:
@@ -88,6 +117,9 @@ class QueueView(QTableWidget):
         if detail or state not in (RUNNING, DONE):
             self.item(row, 2).setText(detail)
             self.item(row, 2).setToolTip(detail)
+        button = self.cellWidget(row, 3)
+        if button is not None:
+            button.setEnabled(state in (WAITING, RUNNING))
 
 
 class LogView(QPlainTextEdit):
