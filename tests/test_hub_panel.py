@@ -235,6 +235,36 @@ def test_bad_repo_id_is_a_sentence_without_a_request(mock_hub: MockHub, qtbot: Q
     assert not panel.download_button.isEnabled()
 
 
+def test_a_failed_lookup_clears_the_previous_repo(mock_hub: MockHub, qtbot: QtBot, page: ModelsPage) -> None:
+    """Issue 15: after a failed lookup the panel still showed the previous repo with Download enabled, and Retry's
+    tooltip spoke of downloaded files."""
+    mock_hub.add_repo("org/tiny-llama", checkpoint_files())
+    panel = page.hub_panel
+    page.tabs.setCurrentIndex(1)
+    inspect(qtbot, panel, "org/tiny-llama")
+    assert panel.download_button.isEnabled() and "org/tiny-llama" in panel.summary.grid.value("Repository")
+    panel.repo.setText("org/missing")
+    qtbot.mouseClick(panel.inspect_button, Qt.MouseButton.LeftButton)
+    job = panel.inspect_job
+    assert job is not None
+    qtbot.waitUntil(lambda: not job.is_active() and "org/missing" in panel.message.text(), timeout=30_000)
+    assert panel.report is None and panel.fit.rows == []
+    assert not panel.download_button.isEnabled() and panel.download_button.text() == "Download"
+    assert not panel.summary.grid.isVisible() and "org/tiny-llama" not in panel.summary.file_names()
+    assert "org/missing" in panel.message.text()
+    assert panel.retry_button.isEnabled()
+    assert panel.retry_button.toolTip() == "Look up org/missing again"
+    # Retry looks the repo up again (it exists by now), and the panel shows it.
+    mock_hub.add_repo("org/missing", checkpoint_files(n_layers=2))
+    with qtbot.waitSignal(panel.sig_report, timeout=30_000):
+        qtbot.mouseClick(panel.retry_button, Qt.MouseButton.LeftButton)
+    assert panel.report is not None and panel.report.repo_id == "org/missing" and panel.download_button.isEnabled()
+    # A mistyped id clears it too, before any request.
+    panel.repo.setText("a/b/c")
+    qtbot.mouseClick(panel.inspect_button, Qt.MouseButton.LeftButton)
+    assert panel.report is None and not panel.download_button.isEnabled()
+
+
 def test_unsupported_repo_says_why(mock_hub: MockHub, qtbot: QtBot, page: ModelsPage) -> None:
     mock_hub.add_repo("org/pickles", {"pytorch_model.bin": b"\x80\x02" * 600, "config.json": "{}"})
     panel = page.hub_panel

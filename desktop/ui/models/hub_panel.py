@@ -50,6 +50,8 @@ class HubPanel(QWidget):
     """A downloaded GGUF is in the library: its :class:`~pathlib.Path` (the Models page selects it)."""
     sig_report = Signal(object)
     """A repo inspection finished and is shown (its :class:`~desktop.hub.repo.RepoReport`)."""
+    sig_lookup_failed = Signal(object)
+    """A repo inspection failed and its sentence is shown (the :class:`~desktop.jobs.JobError`)."""
 
     def __init__(self, jobs: JobManager, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -100,7 +102,6 @@ class HubPanel(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
         self.retry_button = QPushButton("Retry")
-        self.retry_button.setToolTip("Try again; files that finished downloading are kept")
         self.retry_button.clicked.connect(self.retry)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
@@ -157,12 +158,15 @@ class HubPanel(QWidget):
         try:
             ref = parse_repo_ref(text, revision)  # refused here, before any request
         except UserError as exc:
+            self._forget_report("Nothing to show: that is not a repository id.")
             self._show_error(JobError(exc.kind, exc.message, exc.next_step), retry=None)
             return None
         if self.inspect_job is not None and self.inspect_job.is_active():
             self.inspect_job.cancel()
         self._inspect_seq += 1
         seq = self._inspect_seq
+        if self.report is not None and self.report.repo_id != ref.repo_id:
+            self._forget_report(f"Looking up {ref.repo_id}…")
         probe = self._hardware is None
         job = Job(f"Inspect {ref.repo_id}",
                   lambda progress, cancelled: inspect_job(progress, cancelled, repo=text, revision=revision,
@@ -202,7 +206,15 @@ class HubPanel(QWidget):
 
     def _on_inspect_error(self, seq: int, error: JobError) -> None:
         if seq == self._inspect_seq:
+            self._forget_report("Nothing to show: the last lookup failed.")
             self._show_error(error, retry=self.inspect)
+            self.sig_lookup_failed.emit(error)
+
+    def _forget_report(self, text: str) -> None:
+        """No repository on screen: nothing stale to download after a failed or cancelled lookup."""
+        self.report = None
+        self.summary.clear(text)
+        self.fit.set_report(None)
 
     @staticmethod
     def _describe(report: RepoReport) -> str:
@@ -293,6 +305,7 @@ class HubPanel(QWidget):
         elif self.inspect_job is not None and self.inspect_job.is_active():
             self.inspect_job.cancel()
             self._inspect_seq += 1  # nothing from it is shown any more
+            self._forget_report("Nothing to show: the lookup was cancelled.")
             self._retry = self.inspect
             self._set_message("Inspection cancelled.")
         self._update_buttons()
@@ -345,6 +358,13 @@ class HubPanel(QWidget):
         self.message.style().unpolish(self.message)
         self.message.style().polish(self.message)
 
+    def _retry_tooltip(self) -> str:
+        if self._retry is None:
+            return "Nothing to retry"
+        if self._retry == self._retry_download and self.last_download is not None:
+            return f"Download {self.last_download.label} again; files that finished downloading are kept"
+        return f"Look up {self.repo.text().strip() or 'the repository'} again"
+
     @Slot()
     def _update_buttons(self) -> None:
         report, downloading = self.report, self._downloading()
@@ -362,4 +382,5 @@ class HubPanel(QWidget):
         self.download_button.setEnabled(can and not downloading)
         self.cancel_button.setEnabled(downloading or inspecting)
         self.retry_button.setEnabled(self._retry is not None and not downloading)
+        self.retry_button.setToolTip(self._retry_tooltip())
 

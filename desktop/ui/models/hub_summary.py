@@ -83,5 +83,14 @@ class RepoSummary(Card):
             self.files.setItem(index, 0, name)
             self.files.setItem(index, 1, size)
 
+    def clear(self, text: str = "Nothing inspected yet.") -> None:
+        """Show no repository, only ``text`` (after a failed or cancelled lookup nothing stale stays on screen)."""
+        self.grid.clear()
+        self.files.setRowCount(0)
+        self.grid.setVisible(False)
+        self.files.setVisible(False)
+        self.empty.setText(text)
+        self.empty.setVisible(True)
+
     def file_names(self) -> list[str]:
         return [self.files.item(r, 0).text() for r in range(self.files.rowCount())]
