@@ -6,7 +6,7 @@ child process and talks to it through two one-way pipes of tuples ``(kind, paylo
 Requests (parent -> child)
     ``("load", {path, n_ctx, n_gpu_layers, n_threads, settings, _seq})``   load a GGUF (unloads the previous one).
         ``settings``: ``cpu_repack`` (bool), ``cache_type_k``/``cache_type_v`` ("f16", "q8_0", "q4_0"),
-        ``flash_attn`` (bool), ``swa_full`` (bool), ``template`` (None: the GGUF's own, else a name from
+        ``flash_attn`` ("auto": llama.cpp's default, "on", "off"), ``swa_full`` (bool), ``template`` (None: the GGUF's own, else a name from
         :data:`desktop.chat.templates.FALLBACK_TEMPLATES`), ``n_batch``.
     ``("chat", {messages, sampling, request_id, on_overflow, _seq})``      answer ``messages`` (dicts with role and
         content). ``sampling``: temperature, top_p, top_k, min_p, repeat_penalty, max_tokens, seed, stop.
@@ -98,7 +98,7 @@ class LoadOptions:
     cpu_repack: bool = False
     cache_type_k: str = "f16"
     cache_type_v: str = ""
-    flash_attn: bool = False
+    flash_attn: str = "auto"  # "auto" (llama.cpp's default: on where the backend supports it), "on", "off"
     swa_full: bool = False  # True: sliding-window layers keep the whole context (more memory, better prefix reuse)
     template: str | None = None  # None: the GGUF's own template (or one chosen by architecture)
 

@@ -81,6 +81,30 @@ class StopMatcher:
         return out
 
 
+_FLASH_ATTN_TYPES = {"auto": -1, "off": 0, "on": 1}  # llama.cpp's enum llama_flash_attn_type
+_FLASH_RESOLVED_RE = re.compile(r"(?:Flash Attention (?:was auto, set to )?|flash_attn\s*=\s*)(enabled|disabled)")
+
+
+def flash_attn_setting(value: Any, cache_type_v: str) -> str:
+    """"auto", "on" or "off" from a request (bools accepted). llama.cpp refuses a quantized V cache unless flash
+    attention is on (even "auto"), so a quantized V turns "auto" into "on" and "off" into a clear error."""
+    setting = ("on" if value else "off") if isinstance(value, bool) else str(value or "auto").lower()
+    if setting not in _FLASH_ATTN_TYPES:
+        raise UserError(f"Flash attention '{value}' is not auto, on or off.", "Choose auto, on or off.")
+    if cache_type_v not in ("f16", "f32", "bf16"):
+        if setting == "off":
+            raise UserError(f"llama.cpp needs flash attention for a {cache_type_v} V cache.",
+                            "Set flash attention to auto or on, or use an f16 KV cache.")
+        setting = "on"
+    return setting
+
+
+def resolved_flash_attn(log_text: str, setting: str) -> bool:
+    """Whether llama.cpp ran with flash attention: its last word in the log, else the setting ("auto": on)."""
+    found = _FLASH_RESOLVED_RE.findall(log_text)
+    return found[-1] == "enabled" if found else setting != "off"
+
+
 def parse_buffer_sizes(log_text: str) -> list[dict[str, Any]]:
     """The buffers llama.cpp allocated, from its log lines ("CPU_Mapped model buffer size = 12.34 MiB")."""
     found = []
@@ -272,7 +296,7 @@ class _Server:
         for cache_type in (cache_k, cache_v):
             if cache_type not in KV_TYPE_IDS:
                 raise UserError(f"{cache_type} is not a KV cache type llama.cpp supports.", "Choose f16, q8_0 or q4_0.")
-        flash_attn = bool(settings.get("flash_attn")) or cache_v != "f16"  # a quantized V cache needs flash attention
+        flash_setting = flash_attn_setting(settings.get("flash_attn", "auto"), cache_v)
 
         if not os.path.exists(path):
             raise UserError(f"The model file {path} does not exist.", "Pick the model again in the library.")
@@ -297,13 +321,14 @@ class _Server:
         nvml_before = nvml_used_bytes() if n_gpu_layers else None
         started = time.perf_counter()
         try:
-            with _patched_model_params(use_extra_bufts=bool(settings.get("cpu_repack")), progress=on_progress):
+            with _patched_model_params(use_extra_bufts=bool(settings.get("cpu_repack")), progress=on_progress,
+                                       flash_attn_type=_FLASH_ATTN_TYPES[flash_setting]):
                 kwargs: dict[str, Any] = {
                     "model_path": path,
                     "n_ctx": n_ctx,
                     "n_gpu_layers": n_gpu_layers,
                     "n_batch": int(settings.get("n_batch") or 512),
-                    "flash_attn": flash_attn,
+                    "flash_attn": flash_setting == "on",  # "auto" is set by _patched_model_params
                     # llama.cpp's default keeps the whole context in sliding-window layers too; the planner
                     # assumes the window (much less memory on Gemma-style models) unless asked otherwise
                     "swa_full": bool(settings.get("swa_full", False)),
@@ -356,7 +381,7 @@ class _Server:
             "cpu_repack": bool(settings.get("cpu_repack")),
             "cache_type_k": cache_k,
             "cache_type_v": cache_v,
-            "flash_attn": flash_attn,
+            "flash_attn": resolved_flash_attn(captured, flash_setting),
             "swa_full": bool(settings.get("swa_full", False)),
             "load_s": load_s,
         }
@@ -560,11 +585,18 @@ def _token_text(llm: Any, token: int) -> str:
 
 
 @contextlib.contextmanager
-def _patched_model_params(*, use_extra_bufts: bool, progress: Any) -> Iterator[None]:
-    """Make ``Llama()`` load with our ``use_extra_bufts`` and progress callback (it has no arguments for them)."""
+def _patched_model_params(*, use_extra_bufts: bool, progress: Any, flash_attn_type: int | None = None) -> Iterator[None]:
+    """Make ``Llama()`` load with our ``use_extra_bufts``, progress callback and flash-attention type (it has no
+    arguments for them; its ``flash_attn`` bool cannot say llama.cpp's "auto")."""
     import llama_cpp.llama_cpp as low
 
     original = low.llama_model_default_params
+    original_init = low.llama_init_from_model
+
+    def init_from_model(model: Any, params: Any) -> Any:
+        if flash_attn_type is not None:
+            params.flash_attn_type = flash_attn_type
+        return original_init(model, params)
 
     def patched() -> Any:
         params = original()
@@ -575,10 +607,12 @@ def _patched_model_params(*, use_extra_bufts: bool, progress: Any) -> Iterator[N
         return params
 
     low.llama_model_default_params = patched
+    low.llama_init_from_model = init_from_model
     try:
         yield
     finally:
         low.llama_model_default_params = original
+        low.llama_init_from_model = original_init
 
 
 def main(requests: Connection, events: Connection, log_path: str | None) -> None:
