@@ -18,7 +18,6 @@ from desktop.chat.conversations import ConversationStore
 from desktop.demo_model import DEMO_SOURCE
 from desktop.chat.engine import EngineEvent
 from desktop.library import Library
-from desktop.memory.offload import GiB
 from desktop.ui.chat.graph import SpeedGraph, token_rates
 from desktop.ui.chat.page import ChatPage
 from desktop.ui.chat.transcript import MessageBubble, Segment, split_markdown
@@ -122,17 +121,22 @@ def page(qtbot: QtBot) -> Iterator[ChatPage]:
     jobs.stop_all(timeout_s=5.0)
 
 
+GiB = 2**30
+GPU_FREE = 1_600_000_000  # room for the CUDA overhead, margin, logits buffer, output layer and some blocks
+
+
 def _gpu_report(free: int, offload: bool = True) -> hardware.HardwareReport:
-    gpu = hardware.GpuInfo(0, "Test GPU", "CUDA", vram_total=2 * GiB, vram_free=free, source="nvml")
+    gpu = hardware.GpuInfo(0, "Test GPU", "CUDA", vram_total=4 * GiB, vram_free=free, source="nvml")
+    devices = [hardware.LlamaDevice("CUDA0", "Test GPU", "GPU", "CUDA", 4 * GiB, free)] if offload else []
     return hardware.HardwareReport(
         "test", hardware.collect_cpu(), hardware.MemoryInfo(16 * GiB, 8 * GiB), [gpu],
-        hardware.LlamaBuild(available=True, supports_gpu_offload=offload), [],
+        hardware.LlamaBuild(available=True, supports_gpu_offload=offload, devices=devices), [],
     )
 
 
 def test_offload_slider_breakdown_and_verdict_follow_the_settings(qtbot: QtBot, page: ChatPage) -> None:
     page.set_models(_demo_entries())
-    page.set_hardware_report(_gpu_report(free=1 * GiB))
+    page.set_hardware_report(_gpu_report(free=GPU_FREE))
     panel = page.offload
     qtbot.waitUntil(lambda: panel.plan is not None and panel.shape is not None, timeout=30_000)
     assert panel.context.maximum() == 32768  # up to the trained length
@@ -145,7 +149,7 @@ def test_offload_slider_breakdown_and_verdict_follow_the_settings(qtbot: QtBot, 
     assert panel.verdict.text().startswith("✖ Does not fit: Test GPU needs")
     assert f"At most {best} layers fit." in panel.verdict.text()
     assert panel._rows[0].title.text().startswith("Test GPU, 19 layers:")
-    assert all(label in panel._rows[0].detail.text() for label in ("Weights", "KV cache", "Compute", "Margin"))
+    assert all(label in panel._rows[0].detail.text() for label in ("Weights", "KV cache", "Compute", "GPU overhead", "Margin"))
     assert page.load_options().n_gpu_layers == 19  # type: ignore[union-attr]
 
     panel.slider.setValue(0)
@@ -154,7 +158,7 @@ def test_offload_slider_breakdown_and_verdict_follow_the_settings(qtbot: QtBot, 
     panel.context.setValue(32768)
     assert panel.plan.host.breakdown.kv_cache > host_before  # the KV cache grows with the context, live
 
-    page.set_hardware_report(_gpu_report(free=1 * GiB, offload=False))  # a GPU this build cannot use
+    page.set_hardware_report(_gpu_report(free=GPU_FREE, offload=False))  # a GPU this build cannot use
     assert not panel.slider.isEnabled() and page.load_options().n_gpu_layers == 0  # type: ignore[union-attr]
     assert "slider stays at 0" in panel.verdict.text()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from desktop import process
-from desktop.memory import offload
+from desktop import memory as planner
 from desktop.chat.engine import SAFE_MODE_STEP, Engine, EngineEvent, LoadOptions, Sampling
 from desktop.gguf.reader import GGUFInfo
 from desktop.jobs import JobFailed
@@ -70,8 +70,8 @@ def test_load_reports_progress_metadata_and_memory(loaded: dict[str, object], in
     assert memory["gpus"] == [] and memory["model_size"] > 100_000_000
 
     # predicted against actual: the planner's KV cache is llama.cpp's to the byte, the weights within 2%
-    shape = offload.model_shape(info)
-    plan = offload.plan_offload(shape, gpus=[], host=offload.HostBudget(16 * offload.GiB), options=offload.PlanOptions(n_ctx=N_CTX))
+    shape = planner.shape_from_gguf(info)
+    plan = planner.plan_offload(shape, gpus=[], host=planner.HostBudget(16 * 10**9), options=planner.PlanOptions(n_ctx=N_CTX))
     actual = memory["host"]
     assert actual["kv_cache"] == plan.host.breakdown.kv_cache
     assert abs(actual["weights"] - plan.host.breakdown.weights) <= 0.02 * actual["weights"]
@@ -233,9 +233,9 @@ def test_unload_frees_the_memory_and_close_leaves_no_process(model: Path, info: 
     eng = Engine(log_path=tmp_path / "e.log")
     loaded = eng.load_and_wait(LoadOptions(str(model), n_ctx=2048, n_threads=1))
     # at 2048 the sliding-window layers keep only their window: the planner predicts llama.cpp's KV cache exactly
-    shape = offload.model_shape(info)
-    assert loaded.data["memory"]["host"]["kv_cache"] == offload.kv_cache_bytes(shape, 2048)
-    assert offload.kv_cache_bytes(shape, 2048) < offload.kv_cache_bytes(shape, 2048, swa_full=True)
+    shape = planner.shape_from_gguf(info)
+    assert loaded.data["memory"]["host"]["kv_cache"] == planner.kv_cache_bytes(shape, 2048)
+    assert planner.kv_cache_bytes(shape, 2048) < planner.kv_cache_bytes(shape, 2048, swa_full=True)
     eng.ask(COUNTING, Sampling(max_tokens=4))
     child = psutil.Process(eng.pid)
     loaded_rss = child.memory_info().rss

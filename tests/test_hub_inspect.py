@@ -18,7 +18,7 @@ from mockhub import (  # noqa: F401 - fixtures
 )
 
 from desktop.errors import UserError
-from desktop.memory.fit import MachineMemory
+from desktop.memory import GpuBudget, HostBudget, Machine
 from desktop.hub.inspect import inspect_repo
 from desktop.hub.repo import RepoReport, fit_rows
 from desktop.hub.search import cached_repos, search_models
@@ -78,12 +78,12 @@ def test_checkpoint_architecture_parameters_and_predicted_sizes(mock_hub: MockHu
 def test_fit_rows_for_a_checkpoint_follow_the_machine(mock_hub: MockHub) -> None:  # noqa: F811
     mock_hub.add_repo("org/tiny-llama", checkpoint_files())
     report = inspect("org/tiny-llama")
-    big_gpu = fit_rows(report, 2048, MachineMemory(64 * GB, (24 * GB,)))
+    big_gpu = fit_rows(report, 2048, Machine((GpuBudget("GPU", 24 * GB),), HostBudget(64 * GB)))
     assert {r.fit.where for r in big_gpu} == {"GPU"}
     assert all(r.predicted and r.kv_bytes > 0 for r in big_gpu)
-    no_memory = fit_rows(report, 2048, MachineMemory(0, ()))
+    no_memory = fit_rows(report, 2048, Machine((), HostBudget(0)))
     assert {r.fit.where for r in no_memory} == {"neither"}
-    longer = fit_rows(report, 8192, MachineMemory(64 * GB, ()))
+    longer = fit_rows(report, 8192, Machine((), HostBudget(64 * GB)))
     assert longer[0].kv_bytes == 4 * big_gpu[0].kv_bytes
 
 
@@ -104,9 +104,9 @@ def test_gguf_repo_models_quants_and_hparams(mock_hub: MockHub, tmp_path: Path) 
     assert report.extras == ["mmproj-tiny-F16.gguf"]
     assert report.architecture == "llama"
     assert report.attention is not None
-    assert (report.attention.n_layers, report.attention.n_head_kv, report.attention.n_vocab) == (4, 2, 512)
+    assert (report.attention.n_layer, report.attention.n_embd_k_gqa[0], report.attention.n_vocab) == (4, 2 * 32, 512)
     assert report.parameter_count == 4 * 256 * 256 + 512 * 256 + 256
-    rows = fit_rows(report, 4096, MachineMemory(64 * GB, ()))
+    rows = fit_rows(report, 4096, Machine((), HostBudget(64 * GB)))
     assert {r.quant for r in rows} == {"Q4_K_M", "Q8_0", "Q5_K_M"}
     assert all(not r.predicted and r.fit.where == "RAM" for r in rows)
     assert next(r for r in rows if r.quant == "Q4_K_M").files == tuple(sharded.files)
@@ -133,7 +133,7 @@ def test_unsupported_repos_say_why(mock_hub: MockHub, files: dict, words: str) -
     report = inspect("org/odd")
     assert report.kind == "unsupported"
     assert words in report.reason and report.reason.endswith(".") and report.next_step
-    assert fit_rows(report, 4096, MachineMemory(64 * GB)) == []
+    assert fit_rows(report, 4096, Machine((), HostBudget(64 * GB))) == []
 
 
 def test_unknown_repo_revision_and_server_errors(mock_hub: MockHub) -> None:  # noqa: F811

@@ -13,9 +13,10 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication, QDialogButtonBox
 from pytestqt.qtbot import QtBot
 
-from desktop.memory.fit import GPU_HEADROOM_BYTES
-from desktop.hardware.report import CpuInfo, GpuInfo, HardwareReport, LlamaBuild, MemoryInfo
+from desktop.hardware.report import CpuInfo, GpuInfo, HardwareReport, LlamaBuild, LlamaDevice, MemoryInfo
+from desktop.hub.repo import fit_rows
 from desktop.jobs import format_bytes
+from desktop.memory import GpuBudget, HostBudget, Machine
 from desktop.ui.models.hub_fit_table import VERDICT_COLOR
 from desktop.ui.models.hub_panel import HubPanel
 from desktop.ui.models.hub_search_view import OFFLINE_SENTENCE
@@ -28,10 +29,12 @@ GB = 1000**3
 MiB = 1024**2
 
 
-def machine(ram_available: int = 32 * GB, gpu_free: int = 0) -> HardwareReport:
+def machine(ram_available: int = 32 * GB, gpu_free: int = 0, llama_cuda: bool = True) -> HardwareReport:
     gpus = [GpuInfo(0, "Test GPU", "CUDA", 24 * GB, gpu_free, "nvml")] if gpu_free else []
+    llama = LlamaBuild(available=True, supports_gpu_offload=llama_cuda,
+                       devices=[LlamaDevice("CUDA0", "Test GPU", "GPU", "CUDA", 24 * GB, gpu_free)] if llama_cuda else [])
     return HardwareReport("Linux", CpuInfo("Test CPU", 2, 2, "x86_64", []), MemoryInfo(64 * GB, ram_available),
-                          gpus, LlamaBuild(available=False), [])
+                          gpus, llama, [])
 
 
 @pytest.fixture
@@ -81,25 +84,33 @@ def test_checkpoint_fit_table_follows_the_context(mock_hub: MockHub, qtbot: QtBo
     assert {"F16", "Q8_0", "Q4_K_M", "Q2_K"} <= set(quants) and all(row.predicted for row in panel.fit.rows)
     # The context is capped at what the model was trained for (2048 here), the default 4096 with it.
     assert (panel.fit.context.minimum(), panel.fit.context.maximum(), panel.fit.context.value()) == (512, 2048, 2048)
-    # A GPU with just enough free memory for F16 at a 512-token context: F16 runs in RAM at 2048, on the GPU at 512.
-    f16 = next(row for row in panel.fit.rows if row.quant == "F16")
-    compute = f16.fit.compute_bytes
-    gpu_free = GPU_HEADROOM_BYTES + f16.size_bytes + 1024 * 512 + compute + 1000
+    # A GPU with just enough free memory for F16 at a 512-token context: F16 runs partly on the GPU at 2048, all on
+    # it at 512 (the planner's own need for it at 512, overhead and margin included).
+    report = panel.fit.report
+    assert report is not None
+    roomy = Machine((GpuBudget("Test GPU", 10**12, backend="CUDA"),), HostBudget(32 * GB))
+    f16 = next(row for row in fit_rows(report, 512, roomy) if row.quant == "F16")
+    gpu_free = f16.fit.plan.gpus[0].need_bytes + 1000
     panel.set_hardware_report(machine(gpu_free=gpu_free))
-    # KV cache: 4 layers x 2 KV heads x (32 + 32) dims x 2 bytes = 1 KiB per token.
+    # KV cache: 4 layers x 2 KV heads x (32 + 32) dims x 2 bytes = 1 KiB per token, padded to 256 cells.
     assert cell(panel, "F16", 2) == format_bytes(1024 * 2048)
-    assert verdicts(panel)["F16"] == "RAM" and verdicts(panel)["Q4_K_M"] == "GPU"
+    assert verdicts(panel)["F16"] == "GPU + CPU" and verdicts(panel)["Q4_K_M"] == "GPU"
     f16_index = quants.index("F16")
     item = panel.fit.table.item(f16_index, 4)
-    assert item.foreground().color().name() == VERDICT_COLOR["RAM"]
+    assert item.foreground().color().name() == VERDICT_COLOR["GPU+CPU"]
     assert item.toolTip().startswith(panel.fit.rows[f16_index].fit.sentence())
-    assert "Fits in RAM" in item.toolTip()
-    assert "This machine: 32.0 GB RAM available; Test GPU" in panel.fit.memory_label.text()
+    assert "layers on the GPU, the rest on the CPU" in item.toolTip()
+    assert "This machine: 32.0 GB RAM available; Test GPU (CUDA)" in panel.fit.memory_label.text()
 
     panel.fit.context.setValue(512)
     assert cell(panel, "F16", 2) == format_bytes(1024 * 512)
     assert verdicts(panel)["F16"] == "GPU"
     assert panel.fit.table.item(f16_index, 4).foreground().color().name() == VERDICT_COLOR["GPU"]
+    # the same card next to a llama.cpp that cannot use it does not count: F16 runs in RAM
+    panel.set_hardware_report(machine(gpu_free=gpu_free, llama_cuda=False))
+    assert verdicts(panel)["F16"] == "RAM"
+    assert "no GPU llama.cpp can offload to" in panel.fit.memory_label.text()
+    assert "CPU only" in panel.fit.memory_label.toolTip()
     panel.set_hardware_report(machine(ram_available=0))  # nothing free anywhere
     assert set(verdicts(panel).values()) == {"Does not fit"}
     assert panel.download_button.text().startswith("Download checkpoint (") and panel.download_button.isEnabled()

@@ -6,9 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from desktop.memory import offload
 from desktop.gguf.reader import GGUFInfo, TensorInfo
-from desktop.memory.offload import GiB, MiB, GpuBudget, HostBudget, PlanOptions
+from desktop.memory import planner as offload
+from desktop.memory import sizes
+from desktop.memory.planner import GpuBudget, HostBudget, PlanOptions
+from desktop.memory.shape import shape_from_gguf
+
+MiB = 2**20
+GiB = 2**30
 
 LAYER_BYTES = 100 * MiB
 
@@ -69,7 +74,7 @@ def synthetic_info(
 
 
 def test_model_shape_reads_bytes_per_layer_output_and_embeddings() -> None:
-    shape = offload.model_shape(synthetic_info())
+    shape = shape_from_gguf(synthetic_info())
     assert shape.n_layer == 8 and shape.total_layers == 9
     assert shape.layer_bytes == (LAYER_BYTES,) * 8
     assert shape.output_bytes == 70 * MiB + 4 * 1024
@@ -79,42 +84,42 @@ def test_model_shape_reads_bytes_per_layer_output_and_embeddings() -> None:
 
 
 def test_kv_cache_matches_the_formula_for_f16_q8_0_and_q4_0() -> None:
-    shape = offload.model_shape(synthetic_info())
+    shape = shape_from_gguf(synthetic_info())
     # 4096 cells x (K 1024 + V 1024) x 2 bytes x 8 layers
-    assert offload.kv_cache_bytes(shape, 4096) == 4096 * 2048 * 2 * 8
-    assert offload.kv_cache_bytes(shape, 4096, cache_type_k="q8_0") == 4096 * 2048 * 34 // 32 * 8
-    assert offload.kv_cache_bytes(shape, 4096, cache_type_k="q4_0") == 4096 * 2048 * 18 // 32 * 8
+    assert sizes.kv_cache_bytes(shape, 4096) == 4096 * 2048 * 2 * 8
+    assert sizes.kv_cache_bytes(shape, 4096, cache_type_k="q8_0") == 4096 * 2048 * 34 // 32 * 8
+    assert sizes.kv_cache_bytes(shape, 4096, cache_type_k="q4_0") == 4096 * 2048 * 18 // 32 * 8
     # mixed: K q8_0, V f16
-    assert offload.kv_cache_bytes(shape, 4096, cache_type_k="q8_0", cache_type_v="f16") == 4096 * (1088 + 2048) * 8
+    assert sizes.kv_cache_bytes(shape, 4096, cache_type_k="q8_0", cache_type_v="f16") == 4096 * (1088 + 2048) * 8
     # the context is padded to 256 cells, as llama.cpp does
-    assert offload.kv_cache_bytes(shape, 1000) == offload.kv_cache_bytes(shape, 1024)
+    assert sizes.kv_cache_bytes(shape, 1000) == sizes.kv_cache_bytes(shape, 1024)
 
 
 def test_grouped_query_attention_shrinks_the_kv_cache_by_the_group_size() -> None:
-    mha = offload.model_shape(synthetic_info(n_head=32, n_head_kv=32))
-    gqa = offload.model_shape(synthetic_info(n_head=32, n_head_kv=8))
-    assert offload.kv_cache_bytes(mha, 8192) == 4 * offload.kv_cache_bytes(gqa, 8192)
+    mha = shape_from_gguf(synthetic_info(n_head=32, n_head_kv=32))
+    gqa = shape_from_gguf(synthetic_info(n_head=32, n_head_kv=8))
+    assert sizes.kv_cache_bytes(mha, 8192) == 4 * sizes.kv_cache_bytes(gqa, 8192)
     assert gqa.n_embd_k_gqa[0] == 8 * 64
 
 
 def test_sliding_window_layers_keep_only_the_window() -> None:
-    shape = offload.model_shape(synthetic_info(arch="gemma3", n_layer=12, sliding_window=512))
+    shape = shape_from_gguf(synthetic_info(arch="gemma3", n_layer=12, sliding_window=512))
     # gemma3: 5 sliding-window layers, then one full-attention layer
     assert shape.swa_layers == (True,) * 5 + (False,) + (True,) * 5 + (False,)
     per_cell = 2 * 1024 * 2
     swa_cells = 1024  # pad256(512 window + 512 ubatch)
     expected = 10 * swa_cells * per_cell + 2 * 32768 * per_cell
-    assert offload.kv_cache_bytes(shape, 32768) == expected
+    assert sizes.kv_cache_bytes(shape, 32768) == expected
     # swa_full keeps the whole context in every layer
-    assert offload.kv_cache_bytes(shape, 32768, swa_full=True) == 12 * 32768 * per_cell
+    assert sizes.kv_cache_bytes(shape, 32768, swa_full=True) == 12 * 32768 * per_cell
     # a short context is never exceeded by the window
-    assert offload.kv_cache_bytes(shape, 512) == 12 * 512 * per_cell
+    assert sizes.kv_cache_bytes(shape, 512) == 12 * 512 * per_cell
 
 
 def test_a_window_key_on_an_architecture_without_swa_layers_means_full_attention() -> None:
-    shape = offload.model_shape(synthetic_info(arch="llama", sliding_window=4096))
+    shape = shape_from_gguf(synthetic_info(arch="llama", sliding_window=4096))
     assert shape.sliding_window == 0
-    assert offload.kv_cache_bytes(shape, 8192) == 8 * 8192 * 2048 * 2
+    assert sizes.kv_cache_bytes(shape, 8192) == 8 * 8192 * 2048 * 2
 
 
 def _options(**kw: object) -> PlanOptions:
@@ -124,7 +129,7 @@ def _options(**kw: object) -> PlanOptions:
 
 
 def test_a_model_that_fits_entirely() -> None:
-    shape = offload.model_shape(synthetic_info())
+    shape = shape_from_gguf(synthetic_info())
     plan = offload.plan_offload(
         shape, gpus=[GpuBudget("GPU 0", free_bytes=24 * GiB, total_bytes=24 * GiB)], host=HostBudget(16 * GiB), options=_options()
     )
@@ -133,7 +138,7 @@ def test_a_model_that_fits_entirely() -> None:
     gpu = plan.gpus[0]
     assert gpu.layers == 9
     assert gpu.breakdown.weights == 8 * LAYER_BYTES + shape.output_bytes
-    assert gpu.breakdown.kv_cache == offload.kv_cache_bytes(shape, 512)
+    assert gpu.breakdown.kv_cache == sizes.kv_cache_bytes(shape, 512)
     assert gpu.breakdown.margin == 256 * MiB and gpu.breakdown.compute > 0
     # only the input embeddings stay on the CPU
     assert plan.host.breakdown.weights == shape.input_bytes and plan.host.breakdown.kv_cache == 0
@@ -141,11 +146,11 @@ def test_a_model_that_fits_entirely() -> None:
 
 
 def test_a_model_that_fits_partly_gets_the_largest_layer_count_that_fits() -> None:
-    shape = offload.model_shape(synthetic_info())
+    shape = shape_from_gguf(synthetic_info())
     options = _options()
-    per_layer = LAYER_BYTES + offload.layer_kv_bytes(shape, 0, 512)
-    compute = offload.compute_buffer_bytes(shape, 512)
-    fixed = 256 * MiB + compute + shape.output_bytes
+    per_layer = LAYER_BYTES + sizes.layer_kv_bytes(shape, 0, 512)
+    compute = sizes.compute_buffer_bytes(shape, 512, backend_name="CUDA", flash_attn=True, partial=True)
+    fixed = 256 * MiB + sizes.backend("CUDA").overhead_bytes + compute + shape.output_bytes
     budget = fixed + 5 * per_layer + per_layer // 2  # room for the output layer and 5.5 blocks
     gpus = [GpuBudget("GPU 0", free_bytes=budget)]
     plan = offload.plan_offload(shape, gpus=gpus, host=HostBudget(16 * GiB), options=options)
@@ -161,7 +166,7 @@ def test_a_model_that_fits_partly_gets_the_largest_layer_count_that_fits() -> No
 
 
 def test_the_output_layer_is_offloaded_first() -> None:
-    shape = offload.model_shape(synthetic_info())
+    shape = shape_from_gguf(synthetic_info())
     plan = offload.evaluate(shape, 1, gpus=[GpuBudget("GPU 0", 24 * GiB)], host=HostBudget(16 * GiB), options=_options())
     assert plan.gpus[0].layers == 1
     assert plan.gpus[0].breakdown.weights == shape.output_bytes
@@ -170,7 +175,7 @@ def test_the_output_layer_is_offloaded_first() -> None:
 
 
 def test_tied_embeddings_put_a_copy_of_token_embd_on_the_gpu() -> None:
-    shape = offload.model_shape(synthetic_info(output_bytes=None))
+    shape = shape_from_gguf(synthetic_info(output_bytes=None))
     assert shape.tied_embeddings
     assert shape.output_bytes == 60 * MiB + 4 * 1024
     on_gpu = offload.evaluate(shape, 9, gpus=[GpuBudget("GPU 0", 24 * GiB)], host=HostBudget(16 * GiB), options=_options())
@@ -181,7 +186,7 @@ def test_tied_embeddings_put_a_copy_of_token_embd_on_the_gpu() -> None:
 
 
 def test_a_model_that_does_not_fit_at_all() -> None:
-    shape = offload.model_shape(synthetic_info())
+    shape = shape_from_gguf(synthetic_info())
     plan = offload.plan_offload(
         shape, gpus=[GpuBudget("GPU 0", free_bytes=300 * MiB)], host=HostBudget(700 * MiB), options=_options()
     )
@@ -191,17 +196,17 @@ def test_a_model_that_does_not_fit_at_all() -> None:
 
 
 def test_without_a_gpu_the_plan_is_cpu_only() -> None:
-    shape = offload.model_shape(synthetic_info())
+    shape = shape_from_gguf(synthetic_info())
     plan = offload.plan_offload(shape, gpus=[], host=HostBudget(16 * GiB), options=_options())
     assert plan.verdict == "cpu_only" and plan.fits and plan.n_gpu_layers == 0 and plan.max_gpu_layers == 0
     assert plan.host.breakdown.weights == shape.weights_bytes
-    assert plan.host.breakdown.kv_cache == offload.kv_cache_bytes(shape, 512)
+    assert plan.host.breakdown.kv_cache == sizes.kv_cache_bytes(shape, 512)
     # a slider value is clamped to what exists
     assert offload.evaluate(shape, 99, gpus=[], host=HostBudget(16 * GiB), options=_options()).n_gpu_layers == 0
 
 
 def test_a_small_host_forces_layers_onto_the_gpu() -> None:
-    shape = offload.model_shape(synthetic_info())
+    shape = shape_from_gguf(synthetic_info())
     gpus = [GpuBudget("GPU 0", 24 * GiB)]
     host = HostBudget(int(1.2 * GiB))
     assert not offload.evaluate(shape, 0, gpus=gpus, host=host, options=_options()).fits
@@ -209,7 +214,7 @@ def test_a_small_host_forces_layers_onto_the_gpu() -> None:
 
 
 def test_two_gpus_split_layers_in_proportion_to_free_memory() -> None:
-    shape = offload.model_shape(synthetic_info())
+    shape = shape_from_gguf(synthetic_info())
     gpus = [GpuBudget("GPU 0", 8 * GiB), GpuBudget("GPU 1", 24 * GiB)]
     plan = offload.evaluate(shape, 9, gpus=gpus, host=HostBudget(16 * GiB), options=_options())
     assert [g.layers for g in plan.gpus] == [3, 6]  # llama.cpp's split: 1/4 and 3/4 of the offloaded layers
@@ -219,38 +224,23 @@ def test_two_gpus_split_layers_in_proportion_to_free_memory() -> None:
 
 
 def test_unified_memory_obeys_metals_working_set_limit_and_shares_ram() -> None:
-    shape = offload.model_shape(synthetic_info())
-    ram = 3 * GiB // 2
+    shape = shape_from_gguf(synthetic_info())
+    ram = 2 * GiB
     limit = offload.metal_working_set_limit(ram)
     assert limit == int(ram * 2 / 3)
-    apple = GpuBudget("Apple M2", free_bytes=ram, total_bytes=ram, unified_memory=True, working_set_limit=limit)
+    apple = GpuBudget("Apple M2", free_bytes=ram, total_bytes=ram, unified_memory=True, working_set_limit=limit,
+                      backend="Metal")
     plan = offload.plan_offload(shape, gpus=[apple], host=HostBudget(ram, ram), options=_options(host_margin_bytes=128 * MiB))
     gpu = plan.gpus[0]
     assert gpu.budget_bytes == limit and gpu.fits
     # what the GPU takes the host no longer has
-    assert plan.host.budget_bytes == ram - (gpu.breakdown.total - gpu.breakdown.margin)
+    assert plan.host.budget_bytes == ram - gpu.breakdown.used
     assert 0 < plan.n_gpu_layers < 9
     assert offload.metal_working_set_limit(64 * 1000**3) == int(64 * 1000**3 * 0.75)
 
 
-def test_budgets_from_a_hardware_report() -> None:
-    class Mem:
-        total, available = 32 * GiB, 20 * GiB
-
-    class Gpu:
-        name, vram_total, vram_free, vram_used, backend, unified_memory = "RTX", 12 * GiB, 10 * GiB, 2 * GiB, "CUDA", False
-
-    class Report:
-        memory = Mem()
-        gpus = [Gpu()]
-
-    gpus, host = offload.budgets_from_hardware(Report())
-    assert host == HostBudget(20 * GiB, 32 * GiB)
-    assert gpus == [GpuBudget("RTX", 10 * GiB, 12 * GiB, False, None, "CUDA")]
-
-
 def test_predicted_against_actual_rows() -> None:
-    shape = offload.model_shape(synthetic_info())
+    shape = shape_from_gguf(synthetic_info())
     plan = offload.plan_offload(shape, gpus=[], host=HostBudget(16 * GiB), options=_options())
     actual = {"host": {"weights": 900 * MiB, "kv_cache": 16 * MiB, "compute": 70 * MiB}, "gpus": []}
     rows = offload.predicted_vs_actual(plan, actual)
@@ -261,15 +251,15 @@ def test_predicted_against_actual_rows() -> None:
 def test_unknown_cache_type_is_a_user_error() -> None:
     from desktop.errors import UserError
 
-    shape = offload.model_shape(synthetic_info())
+    shape = shape_from_gguf(synthetic_info())
     with pytest.raises(UserError, match="KV cache type"):
-        offload.kv_cache_bytes(shape, 512, cache_type_k="q3_k")
+        sizes.kv_cache_bytes(shape, 512, cache_type_k="q3_k")
 
 
 def test_plan_as_dict_is_json_ready() -> None:
     import json
 
-    shape = offload.model_shape(synthetic_info())
+    shape = shape_from_gguf(synthetic_info())
     plan = offload.plan_offload(shape, gpus=[GpuBudget("GPU 0", 24 * GiB)], host=HostBudget(16 * GiB), options=_options())
     data = json.loads(json.dumps(plan.as_dict()))
     assert data["verdict"] == "fits" and data["gpus"][0]["breakdown"]["total"] == plan.gpus[0].need_bytes

@@ -9,14 +9,17 @@ import numpy as np
 import pytest
 
 from desktop import cli
-from desktop.memory import offload
-from desktop.memory.offload import GiB, MiB, GpuBudget, HostBudget, PlanOptions
+from desktop.memory import GpuBudget, HostBudget, Machine, PlanOptions, planner, sizes
+from desktop.memory.shape import shape_from_gguf
+
+MiB = 2**20
+GiB = 2**30
 
 from engine_helpers import demo_model_info  # noqa: E402 - tests/ is on sys.path under pytest
 
 
 def test_the_demo_gguf_shape() -> None:
-    shape = offload.model_shape(demo_model_info())
+    shape = shape_from_gguf(demo_model_info())
     assert (shape.architecture, shape.n_layer, shape.total_layers) == ("gemma3", 18, 19)
     assert shape.n_vocab == 262144 and shape.n_embd == 640 and shape.n_head == 4
     # grouped-query attention: one KV head of 256 for K and V
@@ -27,26 +30,26 @@ def test_the_demo_gguf_shape() -> None:
 
 
 def test_the_demo_gguf_kv_cache_uses_the_window_at_long_contexts() -> None:
-    shape = offload.model_shape(demo_model_info())
+    shape = shape_from_gguf(demo_model_info())
     per_cell = 2 * 256 * 2  # K + V, f16
-    assert offload.kv_cache_bytes(shape, 32768) == 15 * 1024 * per_cell + 3 * 32768 * per_cell
-    assert offload.kv_cache_bytes(shape, 32768, cache_type_k="q8_0") == (15 * 1024 + 3 * 32768) * 2 * 272
+    assert sizes.kv_cache_bytes(shape, 32768) == 15 * 1024 * per_cell + 3 * 32768 * per_cell
+    assert sizes.kv_cache_bytes(shape, 32768, cache_type_k="q8_0") == (15 * 1024 + 3 * 32768) * 2 * 272
 
 
 def test_the_demo_gguf_on_synthetic_gpus() -> None:
-    shape = offload.model_shape(demo_model_info())
+    shape = shape_from_gguf(demo_model_info())
     options = PlanOptions(n_ctx=4096, gpu_margin_bytes=256 * MiB)
     host = HostBudget(8 * GiB)
-    roomy = offload.plan_offload(shape, gpus=[GpuBudget("GPU 0", 4 * GiB)], host=host, options=options)
+    roomy = planner.plan_offload(shape, gpus=[GpuBudget("GPU 0", 4 * GiB, backend="Vulkan")], host=host, options=options)
     assert roomy.verdict == "fits" and roomy.n_gpu_layers == 19
     # the output layer goes first, and with it the logits buffer (262144 x 512 x 4 bytes): ~950 MiB before any block
-    tight = offload.plan_offload(shape, gpus=[GpuBudget("GPU 0", 1 * GiB)], host=host, options=options)
+    tight = planner.plan_offload(shape, gpus=[GpuBudget("GPU 0", 1 * GiB, backend="Vulkan")], host=host, options=options)
     assert tight.verdict == "fits_partly" and 1 < tight.n_gpu_layers < 19
     assert tight.gpus[0].breakdown.compute > 500 * MiB
-    tiny = offload.plan_offload(shape, gpus=[GpuBudget("GPU 0", 700 * MiB)], host=host, options=options)
+    tiny = planner.plan_offload(shape, gpus=[GpuBudget("GPU 0", 700 * MiB, backend="Vulkan")], host=host, options=options)
     assert tiny.verdict == "cpu_only" and tiny.n_gpu_layers == 0
-    assert not offload.evaluate(shape, 1, gpus=[GpuBudget("GPU 0", 700 * MiB)], host=host, options=options).fits
-    nothing = offload.plan_offload(shape, gpus=[GpuBudget("GPU 0", 100 * MiB)], host=HostBudget(300 * MiB), options=options)
+    assert not planner.evaluate(shape, 1, gpus=[GpuBudget("GPU 0", 700 * MiB, backend="Vulkan")], host=host, options=options).fits
+    nothing = planner.plan_offload(shape, gpus=[GpuBudget("GPU 0", 100 * MiB, backend="Vulkan")], host=HostBudget(300 * MiB), options=options)
     assert nothing.verdict == "does_not_fit" and nothing.max_gpu_layers == -1
 
 
@@ -87,7 +90,8 @@ def test_plan_cli_json_for_a_given_gpu(tmp_path: Path, capsys: pytest.CaptureFix
     # K and V are 32 wide (2 KV heads of 16), f16, 1024 cells, 4 layers
     assert gpu["breakdown"]["kv_cache"] == 4 * 1024 * 64 * 2
     assert gpu["breakdown"]["weights"] == 4 * (64 * 64 + 2 * 32 * 64 + 256 * 64) * 2 + 256 * 64 * 2 + 64 * 4
-    assert set(gpu["breakdown"]) == {"weights", "kv_cache", "compute", "margin", "total"}
+    assert set(gpu["breakdown"]) == {"weights", "kv_cache", "compute", "overhead", "margin", "used", "total"}
+    assert gpu["breakdown"]["overhead"] == 558_000_000  # --gpu-memory GPUs are CUDA unless --backend says
 
 
 def test_plan_cli_judges_a_chosen_layer_count_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,7 +108,7 @@ def test_plan_cli_on_this_machine_without_a_gpu_plans_for_the_cpu(
 ) -> None:
     import desktop.verbs.plan as plan_verb
 
-    monkeypatch.setattr(plan_verb, "detected_budgets", lambda: ([], HostBudget(16 * GiB, 32 * GiB)))
+    monkeypatch.setattr(plan_verb, "detected_machine", lambda: Machine((), HostBudget(16 * GiB, 32 * GiB)))
     model = _tiny_gguf(tmp_path / "tiny.gguf")
     assert cli.main(["plan", str(model), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -114,5 +118,5 @@ def test_plan_cli_on_this_machine_without_a_gpu_plans_for_the_cpu(
 def test_plan_cli_detects_budgets_without_failing() -> None:
     import desktop.verbs.plan as plan_verb
 
-    gpus, host = plan_verb.detected_budgets()
-    assert host.available_bytes > 0 and all(g.free_bytes >= 0 for g in gpus)
+    machine = plan_verb.detected_machine()
+    assert machine.host.available_bytes > 0 and all(g.free_bytes >= 0 for g in machine.gpus)

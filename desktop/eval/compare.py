@@ -6,7 +6,7 @@
 * :func:`load_job`: the stored measurements of a base and its quants (nothing is measured).
 * :func:`measure_job`: makes the missing quants, then measures the base and each quant through the store
   (:func:`desktop.eval.measurements.measure`, in a child process; a result already stored comes back as it is).
-* :func:`fits_text`: whether a row fits at a context on this machine (an estimate, :mod:`desktop.memory.offload`).
+* :func:`fits_text`: whether a row fits at a context on this machine (an estimate, :mod:`desktop.memory`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from desktop.memory import offload
+from desktop import memory
 from desktop.quant import types as quant_types
 from desktop.errors import UserError
 from desktop.eval.evaluate import EvalResult
@@ -98,7 +98,7 @@ class Row:
     parameters: int
     is_base: bool
     result: EvalResult | None
-    shape: offload.ModelShape | None
+    shape: memory.ModelShape | None
 
     @property
     def bits_per_weight(self) -> float | None:
@@ -116,9 +116,9 @@ class Request:
     out_dir: Path
 
 
-def _shape(info: GGUFInfo) -> offload.ModelShape | None:
+def _shape(info: GGUFInfo) -> memory.ModelShape | None:
     try:
-        return offload.model_shape(info)
+        return memory.shape_from_gguf(info)
     except (UserError, OSError, KeyError, ValueError):
         return None
 
@@ -203,33 +203,22 @@ def _type_label(path: Path) -> str:
     return tag or path.name
 
 
-def fits_text(shape: offload.ModelShape | None, n_ctx: int, report: Any | None) -> tuple[str, str]:
-    """(short verdict, sentence) for running the model at ``n_ctx`` on this machine: an estimate."""
+def fits_text(shape: memory.ModelShape | None, n_ctx: int, report: Any | None) -> tuple[str, str]:
+    """(short verdict, sentence) for running the model at ``n_ctx`` on this machine: the memory planner's."""
     if shape is None:
         return "?", "The file's shape could not be read, so there is no estimate."
     if report is not None:
-        llama = getattr(report, "llama", None)
-        usable = [g for g in getattr(report, "gpus", []) or []
-                  if getattr(llama, "supports_gpu_offload", False) or getattr(g, "unified_memory", False)]
-        import dataclasses
-
-        gpus, host = offload.budgets_from_hardware(dataclasses.replace(report, gpus=usable))
+        machine = memory.machine_from_report(report)
     else:
         import psutil
 
-        memory = psutil.virtual_memory()
-        gpus, host = [], offload.HostBudget(int(memory.available), int(memory.total))
-    plan = offload.plan_offload(shape, gpus=gpus, host=host, options=offload.PlanOptions(n_ctx=n_ctx))
-    need = "~" + format_bytes(plan.totals.total - plan.totals.margin)  # the margin is kept free, not used
-    short = {
-        "fits": f"GPU {need}",
-        "fits_partly": f"GPU {plan.n_gpu_layers}/{plan.total_layers} {need}",
-        "cpu_only": f"RAM {need}",
-        "does_not_fit": f"no: {need}",
-    }.get(plan.verdict, plan.verdict)
+        ram = psutil.virtual_memory()
+        machine = memory.Machine((), memory.HostBudget(int(ram.available), int(ram.total)))
+    verdict = memory.fit(shape, machine, memory.PlanOptions(n_ctx=n_ctx))
+    plan = verdict.plan
     devices = [f"{d.name}: {'fits' if d.fits else 'does not fit'}, needs {format_bytes(d.need_bytes)} of "
                f"{format_bytes(d.budget_bytes)}" for d in (*plan.gpus, plan.host)]
-    return short, f"Estimate at context {n_ctx}. {plan.message}\n" + "\n".join(devices)
+    return verdict.short(), f"Estimate at context {n_ctx}. {plan.message}\n" + "\n".join(devices)
 
 
 def provenance(result: EvalResult) -> str:

@@ -6,8 +6,9 @@ quant that meets both, from measurements, and say why, with the runners-up.
   that do not exist yet (:mod:`desktop.quant.quantize`), measures each against the base (:func:`desktop.eval.measurements.measure`,
   in a child process, stored), then calls :func:`select`.
 
-Memory needed at a context is an estimate (file size + KV cache + compute buffer, :mod:`desktop.memory.fit`) and is
-labelled so; quality and speed are measured.
+Memory needed at a context is the memory planner's estimate (:func:`desktop.memory.memory_needed`: weights, KV
+cache, compute buffers and GPU overhead on this machine's plan, or on the CPU) and is labelled so; quality and speed
+are measured.
 """
 
 from __future__ import annotations
@@ -143,16 +144,16 @@ def select(candidates: Sequence[Candidate], limits: Limits) -> Recommendation:
     return Recommendation(limits, chosen, why, tuple(passing[1:4]), tuple(rejected))
 
 
-def memory_estimate(path: Path | str, n_ctx: int, size_bytes: int | None = None) -> int:
-    """Bytes needed to run a GGUF at ``n_ctx``: file size + KV cache + compute buffer (an estimate)."""
-    from desktop.memory import fit
+def memory_estimate(path: Path | str, n_ctx: int, size_bytes: int | None = None, machine: Any = None) -> int:
+    """Bytes needed to run a GGUF at ``n_ctx`` (weights of ``size_bytes`` when given): the memory planner's
+    estimate on ``machine`` (a :class:`desktop.memory.Machine`), or on the CPU alone."""
+    from desktop import memory
     from desktop.gguf.reader import read_gguf
 
-    info = read_gguf(path)
-    n_vocab = next((t.shape[1] for t in info.tensors if t.name == "token_embd.weight" and len(t.shape) > 1), 0)
-    shape = fit.attention_from_gguf(info.metadata, n_vocab)
-    weights = info.size_bytes if size_bytes is None else size_bytes
-    return int(weights + fit.kv_cache_bytes(shape, n_ctx) + fit.compute_buffer_bytes(shape, n_ctx))
+    shape = memory.shape_from_gguf(read_gguf(path))
+    if size_bytes is not None:
+        shape = shape.with_weights(size_bytes)
+    return memory.memory_needed(shape, n_ctx, machine)
 
 
 def find_quant(
@@ -164,24 +165,32 @@ def find_quant(
     eval_ctx: int = 512,
     max_chunks: int = 0,
     out_dir: Path | str | None = None,
+    machine: Any = None,
     progress: ProgressFn,
     cancelled: CancelledFn,
 ) -> Recommendation:
-    """Make the quants of ``base_path`` that can fit, measure them against it, and recommend one."""
+    """Make the quants of ``base_path`` that can fit, measure them against it, and recommend one.
+
+    Memory is planned on ``machine`` (a :class:`desktop.memory.Machine`; None: the CPU alone)."""
     from desktop.quant import quantize
     from desktop.quant import sizing
     from desktop.eval.measurements import measure
 
+    from desktop import memory
+    from desktop.gguf.reader import read_gguf
+
     base = Path(base_path)
     tensors = sizing.tensors_from_gguf(base)
-    base_memory = memory_estimate(base, limits.n_ctx)
-    base_size = base.stat().st_size
-    overhead = base_memory - base_size  # KV cache and compute do not depend on the weights' type
+    shape = memory.shape_from_gguf(read_gguf(base))
+
+    def needed(size: int) -> int:  # the planner's estimate for the base's shape holding ``size`` bytes
+        return memory.memory_needed(shape.with_weights(size), limits.n_ctx, machine)
+
     wanted, skipped = [], []
     for name in types:
         target = quantize.output_path(base, name, out_dir)
         predicted = target.stat().st_size if target.exists() else sizing.predict_size(tensors, name)
-        candidate = Candidate(name, str(target), predicted, predicted + overhead, None)
+        candidate = Candidate(name, str(target), predicted, needed(predicted), None)
         if limits.max_memory_bytes is not None and candidate.memory_bytes > limits.max_memory_bytes:
             skipped.append(candidate)  # cannot fit whatever its quality: not made, not measured
         else:
@@ -211,7 +220,7 @@ def find_quant(
         result = measure(c.path, base_path=base, text_path=text_path, n_ctx=eval_ctx, max_chunks=max_chunks,
                          progress=relay_eval, cancelled=cancelled)
         size = Path(c.path).stat().st_size
-        measured.append(Candidate(c.quant_type, c.path, size, size + overhead, result))
+        measured.append(Candidate(c.quant_type, c.path, size, needed(size), result))
         step += 1
     recommendation = select(measured + skipped, limits)
     progress(steps, steps, recommendation.why)

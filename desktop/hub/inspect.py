@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from desktop.errors import UserError
-from desktop.memory.fit import attention_from_config, attention_from_gguf
+from desktop.memory import shape_from_config, shape_from_metadata
 from desktop.convert.safetensors import shard_path
 from desktop.hub.errors import hub_errors
 from desktop.hub.fetch import range_fetcher, read_config, read_index, safetensors_header
@@ -163,7 +163,7 @@ def _checkpoint_report(report: RepoReport, listing: RepoListing, ctx: HubContext
     report.architecture = str(architectures[0]) if architectures else str(config.get("model_type") or "")
     architectures_map, supported_sentence = convertible_architectures()
     report.gguf_arch = architectures_map.get(report.architecture, "")
-    report.attention = attention_from_config(config)
+    report.attention = shape_from_config(config)
     report.context_length = report.attention.n_ctx_train
 
     shards, index = weight_files(listing, ctx)
@@ -197,7 +197,7 @@ def _checkpoint_report(report: RepoReport, listing: RepoListing, ctx: HubContext
     report.kind = "checkpoint"
     present = {f.path for f in listing.files}
     report.download_files = checkpoint_download_files(present, shards, index)
-    report.predictions = predict_quant_sizes(tensors, report.gguf_arch, report.attention.n_layers)
+    report.predictions = predict_quant_sizes(tensors, report.gguf_arch, report.attention.n_layer)
     return report
 
 
@@ -295,7 +295,7 @@ def _gguf_report(report: RepoReport, listing: RepoListing, ctx: HubContext, prog
     report.architecture = header.architecture
     report.gguf_arch = header.architecture
     report.parameter_count = params
-    report.attention = attention_from_gguf(header.metadata, header.n_vocab)
+    report.attention = shape_from_metadata(header.metadata, header.n_vocab)
     report.context_length = report.attention.n_ctx_train
     if not sample.quant:
         sample.quant = header.file_type

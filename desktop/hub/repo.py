@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from desktop.hub import tokens
 from desktop.errors import UserError
-from desktop.memory.fit import AttentionShape, Fit, MachineMemory, compute_buffer_bytes, fit_verdict, kv_cache_bytes
+from desktop.memory import Fit, Machine, ModelShape, PlanOptions, fit
 from desktop.hub.errors import TOKEN_KINDS, hub_errors, translate
 from desktop.gguf.remote import GgufModel
 from desktop.jobs import CancelledFn, ProgressFn, check_cancelled
@@ -306,7 +306,7 @@ class RepoReport:
     parameter_count: int = 0
     dtype: str = ""  # the checkpoint's main tensor type (BF16, F16, F32)
     context_length: int = 0  # what the model was trained for
-    attention: AttentionShape | None = None
+    attention: ModelShape | None = None  # the planner's shape, without weight bytes
     predictions: list[QuantPrediction] = field(default_factory=list)
     gguf_models: list[GgufModel] = field(default_factory=list)
     extras: list[str] = field(default_factory=list)  # GGUF projector/imatrix files
@@ -348,20 +348,22 @@ class FitRow:
         return data
 
 
-def fit_rows(report: RepoReport, n_ctx: int, memory: MachineMemory) -> list[FitRow]:
-    """Where each quant type (checkpoint) or each GGUF model would run with a context of ``n_ctx`` tokens."""
+def fit_rows(report: RepoReport, n_ctx: int, machine: Machine) -> list[FitRow]:
+    """Where each quant type (checkpoint) or each GGUF model would run with a context of ``n_ctx`` tokens: the
+    memory planner's verdict for its size on this machine's usable GPUs and RAM."""
     shape = report.attention
-    kv = kv_cache_bytes(shape, n_ctx) if shape else 0
-    compute = compute_buffer_bytes(shape, n_ctx) if shape else 0
+    if shape is None or shape.n_layer <= 0:
+        return []
+    options = PlanOptions(n_ctx=n_ctx)
     rows = []
     if report.kind == "checkpoint":
         for p in report.predictions:
-            verdict = fit_verdict(p.size_bytes, kv, memory.ram_available, memory.gpu_free, compute_bytes=compute)
-            rows.append(FitRow(p.name, p.name, p.size_bytes, kv, verdict, True))
+            verdict = fit(shape.with_weights(p.size_bytes), machine, options)
+            rows.append(FitRow(p.name, p.name, p.size_bytes, verdict.kv_bytes, verdict, True))
     elif report.kind == "gguf":
         for m in report.gguf_models:
-            verdict = fit_verdict(m.size_bytes, kv, memory.ram_available, memory.gpu_free, compute_bytes=compute)
-            rows.append(FitRow(m.name, m.quant, m.size_bytes, kv, verdict, False, tuple(m.files)))
+            verdict = fit(shape.with_weights(m.size_bytes), machine, options)
+            rows.append(FitRow(m.name, m.quant, m.size_bytes, verdict.kv_bytes, verdict, False, tuple(m.files)))
     return rows
 
 

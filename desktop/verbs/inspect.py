@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace) -> int:
-    from desktop.memory.fit import machine_memory
+    from desktop.memory import this_machine
     from desktop.hub.inspect import inspect_repo
     from desktop.hub.repo import fit_rows
 
@@ -39,14 +39,15 @@ def run(args: argparse.Namespace) -> int:
     progress = ProgressPrinter(quiet=args.json)
     report = inspect_repo(progress=progress, cancelled=lambda: False, repo=args.repo, revision=args.revision)
     progress.end()
-    memory = machine_memory()
+    memory = this_machine()
     rows = fit_rows(report, args.context, memory)
     if args.json:
         data: dict[str, Any] = {
             "report": report.to_dict(),
             "context": args.context,
-            "memory": {"ram_available": memory.ram_available, "gpu_free": list(memory.gpu_free),
-                       "gpu_names": list(memory.gpu_names)},
+            "memory": {"ram_available": memory.host.available_bytes,
+                       "gpus": [{"name": g.name, "backend": g.backend, "free": g.free_bytes} for g in memory.gpus],
+                       "gpus_left_out": list(memory.left_out)},
             "fit": [row.to_dict() for row in rows],
         }
         print(json.dumps(data, indent=2))
@@ -68,9 +69,8 @@ def format_report(report: Any, rows: list[Any], context: int, memory: Any) -> st
     if report.download_files:
         lines.append(f"`quantdesk pull` fetches {len(report.download_files)} files, "
                      f"{format_bytes(report.download_bytes)}.")
-    gpus = ", ".join(f"{name}: {format_bytes(free)} free" for name, free in
-                     zip(memory.gpu_names or [f"GPU {i}" for i in range(len(memory.gpu_free))], memory.gpu_free))
-    lines.append(f"This machine: {format_bytes(memory.ram_available)} RAM available; {gpus or 'no GPU'}.")
+    lines.append(memory.describe())
+    lines.extend(memory.left_out)
     if rows:
         lines.append(f"At a context of {context} tokens (KV cache {format_bytes(rows[0].kv_bytes)}):")
         width = max(len(r.label.rsplit('/', 1)[-1]) for r in rows)

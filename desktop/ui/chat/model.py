@@ -4,7 +4,6 @@ GUI thread), the load options from the side panel, and loading with progress. A 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from desktop.chat.engine import LoadOptions
 from desktop.chat.templates import FALLBACK_TEMPLATES
 from desktop.chat_model import CHAT_SOURCE
 from desktop.library import ModelEntry
-from desktop.memory import offload
+from desktop import memory
 from desktop.ui.chat.panels import ModelBar
 from desktop.workers import Job
 
@@ -24,7 +23,7 @@ def _read_model(path: str, progress, cancelled):  # type: ignore[no-untyped-def]
     from desktop.gguf.reader import read_gguf
     from desktop.settings import load_settings
 
-    return path, offload.model_shape(read_gguf(Path(path))), load_settings().cpu_repack
+    return path, memory.shape_from_gguf(read_gguf(Path(path))), load_settings().cpu_repack
 
 
 class ModelMixin:
@@ -38,7 +37,7 @@ class ModelMixin:
     def connect_model(self, bar: ModelBar) -> None:
         self.entries = []
         self.loaded_metadata: dict[str, Any] = {}
-        self._shapes: dict[str, offload.ModelShape] = {}
+        self._shapes: dict[str, memory.ModelShape] = {}
         self._cpu_repack = False
         self._safe_mode = False
         bar.sig_selected.connect(self._on_model_selected)
@@ -65,11 +64,8 @@ class ModelMixin:
 
     @Slot(object)
     def set_hardware_report(self, report: Any) -> None:
-        """Budgets for the planner; GPUs this llama.cpp cannot offload to are left out."""
-        llama = getattr(report, "llama", None)
-        usable = [g for g in report.gpus if getattr(llama, "supports_gpu_offload", False) or g.unified_memory]
-        gpus, host = offload.budgets_from_hardware(dataclasses.replace(report, gpus=usable))
-        self.offload.set_budgets(gpus, host)
+        """Budgets for the planner; GPUs the selected llama.cpp cannot offload to are left out."""
+        self.offload.set_hardware_report(report)
 
     def current_entry(self) -> ModelEntry | None:
         index = self.model_combo.currentIndex()
@@ -93,7 +89,7 @@ class ModelMixin:
         self._update_controls()
 
     @Slot(object)
-    def _on_model_read(self, result: tuple[str, offload.ModelShape, bool]) -> None:
+    def _on_model_read(self, result: tuple[str, memory.ModelShape, bool]) -> None:
         path, shape, cpu_repack = result
         self._shapes[path] = shape
         self._cpu_repack = cpu_repack
@@ -112,6 +108,8 @@ class ModelMixin:
             n_gpu_layers=self.offload.n_gpu_layers(),
             n_threads=self.offload.threads.value() or None,
             cpu_repack=self._cpu_repack and not self._safe_mode,
+            cache_type_k=self.offload.cache_type(),
+            flash_attn=self.offload.flash_attn(),
             template=self.offload.template_choice(),
         )
 

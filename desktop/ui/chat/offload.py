@@ -1,8 +1,9 @@
-"""How the model is loaded: context size, GPU offload slider with a live memory breakdown and verdict, threads,
-chat template; after loading, the planner's prediction against the memory llama.cpp actually allocated.
+"""How the model is loaded: context size, KV cache type, flash attention, GPU offload slider with a live memory
+breakdown and verdict, threads, chat template; after loading, the planner's prediction against the memory llama.cpp
+actually allocated (and the GPU memory NVML saw taken, where there is an NVIDIA driver).
 
-The planner (:mod:`desktop.memory.offload`) is pure arithmetic over a :class:`~desktop.memory.offload.ModelShape`; the shape is
-read from the GGUF in a Job by the page, so moving the slider only recomputes numbers.
+The planner (:mod:`desktop.memory`) is pure arithmetic over a :class:`~desktop.memory.ModelShape`; the shape is read
+from the GGUF in a Job by the page, so moving the slider or changing the KV type only recomputes numbers.
 """
 
 from __future__ import annotations
@@ -15,14 +16,18 @@ from PySide6.QtCore import QRectF, Qt, Signal, Slot
 from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPen
 from PySide6.QtWidgets import QComboBox, QFormLayout, QGridLayout, QLabel, QSlider, QSpinBox, QVBoxLayout, QWidget
 
-from desktop.memory import offload
+from desktop import memory
 from desktop.chat.templates import FALLBACK_TEMPLATES
+from desktop.errors import UserError
 from desktop.jobs import format_bytes
-from desktop.memory.offload import DevicePlan, GpuBudget, HostBudget, ModelShape, OffloadPlan, PlanOptions
+from desktop.memory import DevicePlan, GpuBudget, HostBudget, Machine, ModelShape, OffloadPlan, PlanOptions
 
 PARTS = (("weights", "Weights", "#2563eb"), ("kv_cache", "KV cache", "#10b981"), ("compute", "Compute", "#f59e0b"),
-         ("margin", "Margin", "#9ca3af"))
+         ("overhead", "GPU overhead", "#a855f7"), ("margin", "Margin", "#9ca3af"))
+ACTUAL_NAMES = {**{key: label.lower() for key, label, _ in PARTS}, "used": "in all (NVML)"}
 MODEL_TEMPLATE = "model"
+KV_LABELS = {"f16": "f16 (full precision)", "q8_0": "q8_0 (about half)", "q4_0": "q4_0 (about a quarter)"}
+FLASH_LABELS = {"auto": "Auto (llama.cpp decides)", "on": "On", "off": "Off"}
 
 
 class BreakdownBar(QWidget):
@@ -84,7 +89,8 @@ class DeviceRow(QWidget):
             f"{where}{layers}: {format_bytes(device.need_bytes)} of {format_bytes(max(device.budget_bytes, 0))} free"
         )
         self.bar.set_device(device)
-        self.detail.setText(" · ".join(f"{label} {format_bytes(getattr(b, key))}" for key, label, _ in PARTS))
+        self.detail.setText(" · ".join(f"{label} {format_bytes(getattr(b, key))}" for key, label, _ in PARTS
+                                       if device.kind == "gpu" or key != "overhead"))
 
 
 class OffloadPanel(QWidget):
@@ -96,6 +102,7 @@ class OffloadPanel(QWidget):
         self.shape: ModelShape | None = None
         self.gpus: list[GpuBudget] = []
         self.host: HostBudget | None = None
+        self.machine: Machine | None = None
         self.plan: OffloadPlan | None = None
         self.actual_rows: list[dict[str, Any]] = []
         self._touched_layers = False
@@ -110,6 +117,19 @@ class OffloadPanel(QWidget):
         self.context_note = QLabel()
         self.context_note.setObjectName("note")
         self.context_note.setWordWrap(True)
+
+        self.kv_type = QComboBox()
+        for kind in memory.KV_CHOICES:
+            self.kv_type.addItem(KV_LABELS[kind], kind)
+        self.kv_type.setToolTip("How the KV cache is stored: q8_0 and q4_0 take less memory (they need flash "
+                                "attention) at a small cost in quality")
+        self.kv_type.currentIndexChanged.connect(self._replan)
+        self.flash = QComboBox()
+        for choice in memory.FLASH_ATTN_CHOICES:
+            self.flash.addItem(FLASH_LABELS[choice], choice)
+        self.flash.setToolTip("Flash attention: smaller compute buffers; Auto follows llama.cpp (on for CPU, CUDA "
+                              "and Vulkan)")
+        self.flash.currentIndexChanged.connect(self._replan)
 
         self.threads = QSpinBox()
         self.threads.setRange(0, 256)
@@ -159,6 +179,8 @@ class OffloadPanel(QWidget):
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.addRow("Context", self.context)
         form.addRow("", self.context_note)
+        form.addRow("KV cache", self.kv_type)
+        form.addRow("Flash attention", self.flash)
         form.addRow("Template", self.template)
         form.addRow("", self.template_note)
         form.addRow("Threads", self.threads)
@@ -193,9 +215,20 @@ class OffloadPanel(QWidget):
         self.clear_actual()
         self._replan()
 
-    def set_budgets(self, gpus: list[GpuBudget], host: HostBudget) -> None:
-        self.gpus, self.host = gpus, host
+    def set_hardware_report(self, report: Any) -> None:
+        """The devices to plan for: only GPUs the selected llama.cpp can use (:func:`desktop.memory.machine_from_report`)."""
+        self.set_machine(memory.machine_from_report(report))
+
+    def set_machine(self, machine: Machine) -> None:
+        self.machine = machine
+        self.gpus, self.host = list(machine.gpus), machine.host
         self._replan()
+
+    def cache_type(self) -> str:
+        return str(self.kv_type.currentData())
+
+    def flash_attn(self) -> str:
+        return str(self.flash.currentData())
 
     def set_template_note(self, text: str) -> None:
         self.template_note.setText(text)
@@ -233,24 +266,36 @@ class OffloadPanel(QWidget):
         self.slider.setRange(0, top)
         self.slider.setEnabled(bool(self.gpus))
         if not self._touched_layers:  # start at the most that fits
-            best = offload.max_gpu_layers(shape, gpus=self.gpus, host=self.host, options=self.plan_options())
+            try:
+                best = memory.max_gpu_layers(shape, gpus=self.gpus, host=self.host, options=self.plan_options())
+            except UserError:
+                best = 0
             self.slider.setValue(max(best, 0))
         self.slider.blockSignals(False)
         self._show_plan()
         self.sig_changed.emit()
 
     def plan_options(self) -> PlanOptions:
-        return PlanOptions(n_ctx=self.context.value())
+        return PlanOptions(n_ctx=self.context.value(), cache_type_k=self.cache_type(), flash_attn=self.flash_attn())
 
     def _show_plan(self) -> None:
         if self.shape is None or self.host is None:
             return
-        plan = offload.evaluate(self.shape, self.n_gpu_layers(), gpus=self.gpus, host=self.host, options=self.plan_options())
+        try:
+            plan = memory.evaluate(self.shape, self.n_gpu_layers(), gpus=self.gpus, host=self.host,
+                                   options=self.plan_options())
+        except UserError as exc:  # e.g. a quantized KV cache with flash attention off
+            self.plan = None
+            self.verdict.setText(f"✖ {exc.message} {exc.next_step}".strip())
+            self.verdict.setProperty("fits", "no")
+            return
         self.plan = plan
         self.layers_label.setText(f"{plan.n_gpu_layers} of {plan.total_layers}")
         message = plan.message
         if not self.gpus:
             message += " No GPU this llama.cpp build can offload to, so the slider stays at 0."
+            if self.machine is not None and self.machine.left_out:
+                message += " " + " ".join(self.machine.left_out)
         elif plan.max_gpu_layers >= 0 and plan.n_gpu_layers > plan.max_gpu_layers:
             message += f" At most {plan.max_gpu_layers} layers fit."
         self.verdict.setText(("✔ " if plan.fits else "✖ ") + message)
@@ -278,29 +323,31 @@ class OffloadPanel(QWidget):
         self.actual_note.setText("Load the model to compare the prediction with what llama.cpp allocates.")
         self.actual_note.show()
 
-    def show_actual(self, memory: Mapping[str, Any], n_ctx: int, n_gpu_layers: int) -> list[dict[str, Any]]:
+    def show_actual(self, actual: Mapping[str, Any], n_ctx: int, n_gpu_layers: int) -> list[dict[str, Any]]:
         """Rows of predicted against actual bytes for the settings the model was loaded with."""
         self.clear_actual()
         if self.shape is None or self.host is None:
             return []
-        plan = offload.evaluate(
-            self.shape, n_gpu_layers, gpus=self.gpus, host=self.host, options=replace(self.plan_options(), n_ctx=n_ctx)
-        )
-        rows = [r for r in offload.predicted_vs_actual(plan, memory) if r["predicted"] or r["actual"]]
+        try:
+            plan = memory.evaluate(self.shape, n_gpu_layers, gpus=self.gpus, host=self.host,
+                                   options=replace(self.plan_options(), n_ctx=n_ctx))
+        except UserError:
+            return []
+        rows = [r for r in memory.predicted_vs_actual(plan, actual, self.gpus) if r["predicted"] or r["actual"]]
         for col, head in enumerate(("", "Predicted", "Actual")):
             label = QLabel(head)
             label.setObjectName("keyLabel")
             self.actual.addWidget(label, 0, col)
-        names = {key: label for key, label, _ in PARTS}
         for index, row in enumerate(rows, start=1):
-            self.actual.addWidget(QLabel(f"{row['device']} {names[row['part']].lower()}"), index, 0)
+            self.actual.addWidget(QLabel(f"{row['device']} {ACTUAL_NAMES[row['part']]}"), index, 0)
             for col, key in ((1, "predicted"), (2, "actual")):
                 value = row[key]
                 label = QLabel(format_bytes(value) if value is not None else "–")
                 label.setAlignment(Qt.AlignmentFlag.AlignRight)
                 self.actual.addWidget(label, index, col)
         self.actual_note.setText(
-            "Actual sizes are the buffers llama.cpp reported while loading; the margin is not allocated."
+            "Actual sizes are the buffers llama.cpp reported while loading, and the GPU memory NVML saw the load "
+            "take where there is an NVIDIA driver; the margin is kept free, not allocated."
         )
         self.actual_rows = rows
         return rows

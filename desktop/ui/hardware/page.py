@@ -9,6 +9,7 @@ from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
+from desktop import memory
 from desktop.hardware.report import HardwareReport, UsageSample
 from desktop.jobs import JobError, format_bytes
 from desktop.process import run_in_child
@@ -16,24 +17,6 @@ from desktop.ui.widgets import Card, KeyValueGrid, UsageBar, note_label
 from desktop.workers import Job, JobManager
 
 HISTORY_S = 60
-# Nominal bits per weight used for the "what fits" examples.
-_Q4_BPW = 4.85
-_Q8_BPW = 8.5
-
-
-def fits_sentence(budget_bytes: int, where: str) -> str:
-    """E.g. "In RAM now: about 19.2 GB of weights, roughly a 31B model at Q4_K_M or 18B at Q8_0"."""
-    if budget_bytes <= 0:
-        return f"{where}: no room left for a model right now."
-    q4 = budget_bytes * 8 / _Q4_BPW / 1e9
-    q8 = budget_bytes * 8 / _Q8_BPW / 1e9
-    return (
-        f"{where}: about {format_bytes(budget_bytes)} of weights, roughly a {q4:.0f}B-parameter model at "
-        f"Q4_K_M or {q8:.0f}B at Q8_0, before the context's KV cache."
-        if q8 >= 1
-        else f"{where}: about {format_bytes(budget_bytes)} of weights, enough for small models "
-        f"(up to {q4 * 1000:.0f}M parameters at Q4_K_M)."
-    )
 
 
 class HardwarePage(QWidget):
@@ -208,12 +191,11 @@ class HardwarePage(QWidget):
         self.llama_grid.set_row("Devices", "\n".join(devices))
 
     def _show_fits(self, report: HardwareReport) -> None:
-        margin = 0.9  # leave room for the OS, the app and the KV cache's growth
-        self.fits_ram.setText(fits_sentence(int(report.memory.available * margin), "In RAM now"))
-        offload_gpus = [g for g in report.gpus if report.llama.supports_gpu_offload or g.unified_memory]
-        if offload_gpus:
-            best = max(offload_gpus, key=lambda g: g.vram_free)
-            self.fits_gpu.setText(fits_sentence(int(best.vram_free * margin), f"On {best.name}"))
+        """The memory planner's answer (:func:`desktop.memory.what_fits`); only GPUs llama.cpp can use count."""
+        machine = memory.machine_from_report(report)
+        self.fits_ram.setText(memory.what_fits(machine, on_gpu=False))
+        if machine.gpus:
+            self.fits_gpu.setText(memory.what_fits(machine, on_gpu=True))
         elif report.gpus:
             self.fits_gpu.setText("On the GPU: this llama.cpp build cannot offload to it, so models run on the CPU.")
         else:
@@ -225,6 +207,9 @@ class HardwarePage(QWidget):
         self.cpu_bar.set_value(sample.cpu_percent / 100, f"{sample.cpu_percent:.0f} %")
         ram_fraction = sample.ram_used / sample.ram_total if sample.ram_total else 0
         self.ram_bar.set_value(ram_fraction, _used_text(sample.ram_used, sample.ram_total))
+        # one moment's numbers: available + in use = total (the report's "Available" was read earlier)
+        self.memory_grid.set_row("Total", format_bytes(sample.ram_total))
+        self.memory_grid.set_row("Available", format_bytes(sample.ram_total - sample.ram_used))
         for gpu in sample.gpus:
             bar = self.gpu_bars.get(gpu.index)
             if bar is not None and gpu.vram_total:

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.memory.fit import MachineMemory
+from desktop.memory import Machine
 from desktop.hub.repo import FitRow, RepoReport, fit_rows
 from desktop.jobs import format_bytes
 from desktop.ui.widgets import note_label, read_only_table
@@ -28,8 +28,8 @@ MIN_CONTEXT = 512
 DEFAULT_CONTEXT = 4096
 FALLBACK_MAX_CONTEXT = 32768  # when the model does not say what it was trained for
 
-VERDICT_TEXT = {"GPU": "GPU", "RAM": "RAM", "neither": "Does not fit"}
-VERDICT_COLOR = {"GPU": "#16a34a", "RAM": "#d97706", "neither": "#dc2626"}
+VERDICT_TEXT = {"GPU": "GPU", "GPU+CPU": "GPU + CPU", "RAM": "RAM", "neither": "Does not fit"}
+VERDICT_COLOR = {"GPU": "#16a34a", "GPU+CPU": "#65a30d", "RAM": "#d97706", "neither": "#dc2626"}
 
 COLUMNS = ["Quant type", "Size", "KV cache", "Total", "Runs in", "About"]
 VERDICT_COLUMN = 4
@@ -43,7 +43,7 @@ class FitTable(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.report: RepoReport | None = None
-        self.memory: MachineMemory | None = None
+        self.memory: Machine | None = None
         self.rows: list[FitRow] = []
 
         self.context = QSpinBox()
@@ -94,12 +94,11 @@ class FitTable(QWidget):
         )
         self.recompute()
 
-    def set_memory(self, memory: MachineMemory) -> None:
-        self.memory = memory
-        gpus = ", ".join(f"{name or 'GPU'} {format_bytes(free)} free"
-                         for name, free in zip(memory.gpu_names or ("",) * len(memory.gpu_free), memory.gpu_free))
-        self.memory_label.setText(f"This machine: {format_bytes(memory.ram_available)} RAM available; "
-                                  f"{gpus or 'no GPU to offload to'}.")
+    def set_memory(self, machine: Machine) -> None:
+        """The devices the planner may use (only GPUs the selected llama.cpp can use count)."""
+        self.memory = machine
+        self.memory_label.setText(machine.describe())
+        self.memory_label.setToolTip("\n".join(machine.left_out))
         self.recompute()
 
     # ---- rows
@@ -143,7 +142,7 @@ class FitTable(QWidget):
             about = ", ".join(row.files)
             size = format_bytes(row.size_bytes)
         verdict = row.fit
-        sentence = verdict.sentence() + "".join(f"\n{note}" for note in verdict.notes)
+        sentence = verdict.sentence()
         values = [label, size, format_bytes(row.kv_bytes), format_bytes(verdict.needed_bytes),
                   VERDICT_TEXT.get(verdict.where, verdict.where), about]
         for col, value in enumerate(values):

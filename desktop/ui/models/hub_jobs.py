@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from desktop.memory.fit import MachineMemory, machine_memory
+from desktop.memory import Machine, machine_from_report
 from desktop.hub.repo import RepoReport
 from desktop.jobs import CancelledFn, ProgressFn
 
@@ -15,7 +15,7 @@ from desktop.jobs import CancelledFn, ProgressFn
 @dataclass
 class InspectOutcome:
     report: RepoReport
-    memory: MachineMemory | None  # probed in the job only when no hardware report had arrived
+    memory: Machine | None  # probed in the job only when no hardware report had arrived
 
 
 def inspect_job(progress: ProgressFn, cancelled: CancelledFn, *, repo: str, revision: str | None,
@@ -27,7 +27,7 @@ def inspect_job(progress: ProgressFn, cancelled: CancelledFn, *, repo: str, revi
     if probe_memory:  # without llama.cpp: the GUI process never loads it
         from desktop.hardware import report as hardware
 
-        memory = machine_memory(hardware.collect_report(include_llama=False))
+        memory = machine_from_report(hardware.collect_report(include_llama=False))
     return InspectOutcome(report, memory)
 
 

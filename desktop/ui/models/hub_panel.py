@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.errors import UserError
-from desktop.memory.fit import machine_memory
+from desktop.memory import machine_from_report
 from desktop.hub.repo import RepoReport, parse_repo_ref
 from desktop.hub.errors import TOKEN_KINDS
 from desktop.jobs import JobError, format_bytes
@@ -143,7 +143,7 @@ class HubPanel(QWidget):
     def set_hardware_report(self, report: Any) -> None:
         """The latest :class:`~desktop.hardware.report.HardwareReport` (from the Hardware page); fit rows follow it."""
         self._hardware = report
-        self.fit.set_memory(machine_memory(report))
+        self.fit.set_memory(machine_from_report(report))
 
     # ---- inspect
     @Slot(str)
