@@ -54,7 +54,7 @@ def test_checkpoint_architecture_parameters_and_predicted_sizes(mock_hub: MockHu
     assert (report.architecture, report.gguf_arch, report.dtype) == ("LlamaForCausalLM", "llama", "BF16")
     per_layer = 2 * hidden + hidden * hidden * 2 + 2 * (64 * hidden) + 3 * hidden * inter
     assert report.parameter_count == n_layers * per_layer + 2 * vocab * hidden + hidden
-    assert report.attention is not None and report.attention.n_layers == n_layers
+    assert report.attention is not None and report.attention.n_layer == n_layers
     # What `pull` fetches: conversion's files, not README, .gitattributes or the pickle in original/.
     assert report.download_files == sorted([
         "config.json", "generation_config.json", "model-00001-of-00002.safetensors",

@@ -337,6 +337,7 @@ def test_main_window_passes_the_hardware_report_to_the_panel(qtbot: QtBot) -> No
     qtbot.addWidget(window)
     window.hardware_page.sig_report.emit(machine(ram_available=12 * GB, gpu_free=8 * GB))
     memory = window.models_page.hub_panel.fit.memory
-    assert memory is not None and memory.ram_available == 12 * GB and memory.gpu_free == (8 * GB,)
+    assert memory is not None and memory.host.available_bytes == 12 * GB
+    assert [g.free_bytes for g in memory.gpus] == [8 * GB]
     assert [window.models_page.tabs.tabText(i) for i in range(2)] == ["On this computer", "Hugging Face"]
     window.close()

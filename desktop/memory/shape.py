@@ -206,24 +206,17 @@ def shape_from_metadata(metadata: Mapping[str, Any], n_vocab: int = 0) -> ModelS
         pattern = _int(pattern_value) if isinstance(pattern_value, (int, float)) else None
         swa = swa_layer_pattern(arch, n_layer, pattern)
     window, swa = _window(hp("attention.sliding_window"), swa)
-    return ModelShape(
-        architecture=arch,
-        n_layer=n_layer,
-        n_ctx_train=hp("context_length"),
-        n_embd=n_embd,
-        n_vocab=n_vocab or hp("vocab_size"),
-        n_head=n_head,
-        n_ff=hp("feed_forward_length"),
-        layer_bytes=(0,) * n_layer,
-        output_bytes=0,
-        input_bytes=0,
-        n_embd_k_gqa=(n_head_kv * key_length,) * n_layer,
-        n_embd_v_gqa=(n_head_kv * value_length,) * n_layer,
-        sliding_window=window,
-        swa_layers=swa,
-        tied_embeddings=False,
-        weights_known=False,
-    )
+    return _unsized(arch, n_layer, hp("context_length"), n_embd, n_vocab or hp("vocab_size"), n_head,
+                    hp("feed_forward_length"), (n_head_kv * key_length, n_head_kv * value_length), window, swa)
+
+
+def _unsized(arch: str, n_layer: int, n_ctx_train: int, n_embd: int, n_vocab: int, n_head: int, n_ff: int,
+             kv_widths: tuple[int, int], window: int, swa: tuple[bool, ...], tied: bool = False) -> ModelShape:
+    """A shape whose weight bytes are not known yet (see :meth:`ModelShape.with_weights`)."""
+    return ModelShape(architecture=arch, n_layer=n_layer, n_ctx_train=n_ctx_train, n_embd=n_embd, n_vocab=n_vocab,
+                      n_head=n_head, n_ff=n_ff, layer_bytes=(0,) * n_layer, output_bytes=0, input_bytes=0,
+                      n_embd_k_gqa=(kv_widths[0],) * n_layer, n_embd_v_gqa=(kv_widths[1],) * n_layer,
+                      sliding_window=window, swa_layers=swa, tied_embeddings=tied, weights_known=False)
 
 
 def shape_from_config(config: Mapping[str, Any]) -> ModelShape:
@@ -248,22 +241,7 @@ def shape_from_config(config: Mapping[str, Any]) -> ModelShape:
         pattern = merged.get("sliding_window_pattern")
         swa = swa_layer_pattern(arch, n_layer, _int(pattern) if isinstance(pattern, (int, float)) else None)
     window, swa = _window(_int(merged.get("sliding_window")), swa)
-    tied = merged.get("tie_word_embeddings")
-    return ModelShape(
-        architecture=model_type,
-        n_layer=n_layer,
-        n_ctx_train=_int(merged.get("max_position_embeddings")),
-        n_embd=n_embd,
-        n_vocab=_int(merged.get("vocab_size")),
-        n_head=n_head,
-        n_ff=_int(merged.get("intermediate_size") or merged.get("n_inner"), 4 * n_embd),
-        layer_bytes=(0,) * n_layer,
-        output_bytes=0,
-        input_bytes=0,
-        n_embd_k_gqa=(n_head_kv * head_dim,) * n_layer,
-        n_embd_v_gqa=(n_head_kv * head_dim,) * n_layer,
-        sliding_window=window,
-        swa_layers=swa,
-        tied_embeddings=bool(tied) if tied is not None else False,
-        weights_known=False,
-    )
+    return _unsized(model_type, n_layer, _int(merged.get("max_position_embeddings")), n_embd,
+                    _int(merged.get("vocab_size")), n_head,
+                    _int(merged.get("intermediate_size") or merged.get("n_inner"), 4 * n_embd),
+                    (n_head_kv * head_dim, n_head_kv * head_dim), window, swa, bool(merged.get("tie_word_embeddings")))
