@@ -133,7 +133,7 @@ def test_an_nvidia_gpu_the_cpu_engine_cannot_use_says_the_one_fix_and_gets_no_la
     """The H200 case: NVML sees the card, pip's CPU build cannot offload: the report says so and what to do, and
     the planner puts no layer on that GPU instead of pretending."""
     from desktop.llama.engines import SmokeResult, load_engine, save_smoke
-    from desktop.memory.offload import budgets_from_hardware
+    from desktop.memory import machine_from_report
 
     nvml = fake_nvml.make_module([fake_nvml.FakeGpu("NVIDIA H200", total=141 * GiB, used=1 * GiB, capability=(9, 0))])
     report = collect_report(nvml)
@@ -141,7 +141,8 @@ def test_an_nvidia_gpu_the_cpu_engine_cannot_use_says_the_one_fix_and_gets_no_la
     gpu = report.gpus[0]
     assert (gpu.name, gpu.engine_uses) == ("NVIDIA H200", False)
     assert gpu.fix == "Build the Vulkan engine: quantdesk engine build vulkan (or Build on the Hardware page)."
-    assert budgets_from_hardware(report)[0] == []
+    machine = machine_from_report(report)
+    assert machine.gpus == () and "quantdesk engine build vulkan" in machine.left_out[0]
     # once a Vulkan engine passed its test, the fix is to switch to it
     folder = tmp_path / "engines" / "vulkan-9"
     (folder / "lib").mkdir(parents=True)
