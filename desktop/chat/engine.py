@@ -10,7 +10,8 @@ Requests (parent -> child)
         :data:`desktop.chat.templates.FALLBACK_TEMPLATES`), ``n_batch``.
     ``("chat", {messages, sampling, request_id, on_overflow, _seq})``      answer ``messages`` (dicts with role and
         content). ``sampling``: temperature, top_p, top_k, min_p, repeat_penalty, max_tokens, seed, stop.
-        ``on_overflow``: "error" (default) or "drop_oldest".
+        ``on_overflow``: "error" (default) or "drop_oldest". With ``prompt`` (a string) instead of messages the
+        text is completed as it is: no chat template, no template stop strings, no dropped turns.
     ``("stop", {})``       stop every load or chat received so far; acts within one token (the child's reader thread
         sets a mark that the generation loop checks per token and llama.cpp's abort callback checks during
         prompt prefill).
@@ -338,10 +339,12 @@ class Engine:
         *,
         request_id: str | None = None,
         on_overflow: str = "error",
+        prompt: str | None = None,
     ) -> str:
         """Ask for a reply to ``messages``; returns the request id its events carry.
 
-        Regenerate is the same call with the conversation up to the user's last message.
+        Regenerate is the same call with the conversation up to the user's last message. ``prompt`` instead of
+        messages: complete that raw text (the OpenAI ``/v1/completions`` endpoint of :mod:`desktop.chat.server`).
         """
         request_id = request_id or uuid.uuid4().hex[:12]
         if isinstance(sampling, Sampling):
@@ -358,6 +361,7 @@ class Engine:
                 "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
                 "sampling": sampling_dict,
                 "on_overflow": on_overflow,
+                **({"prompt": prompt} if prompt is not None else {}),
             },
         )
         return request_id

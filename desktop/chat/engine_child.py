@@ -456,10 +456,11 @@ class _Server:
         max_tokens = int(sampling.get("max_tokens") or 0) or n_ctx
         reserve = max(1, min(max_tokens, n_ctx // 4))
         messages = list(request.get("messages") or [])
-        tokens = self._prompt_tokens(messages)
+        raw_prompt = request.get("prompt")
+        tokens = self._tokenize_prompt(str(raw_prompt)) if raw_prompt is not None else self._prompt_tokens(messages)
         dropped = 0
         if len(tokens) + reserve > n_ctx:
-            if request.get("on_overflow") != "drop_oldest":
+            if request.get("on_overflow") != "drop_oldest" or raw_prompt is not None:
                 raise UserError(
                     f"This conversation ({len(tokens)} tokens) no longer fits the context of {n_ctx} tokens.",
                     "Drop the oldest turns, or reload the model with a longer context "
@@ -473,7 +474,8 @@ class _Server:
         seed = sampling.get("seed")
         if seed is not None and int(seed) >= 0:
             llm.set_seed(int(seed))
-        stops = list(sampling.get("stop") or []) + list(self.template.stop if self.template else [])
+        template_stops = self.template.stop if self.template and raw_prompt is None else ()
+        stops = list(sampling.get("stop") or []) + list(template_stops)
         matcher = StopMatcher(stops)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         vocab = llm._model.vocab

@@ -1,0 +1,259 @@
+"""``quantdesk serve`` with the demo model, driven by the official ``openai`` client over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import keyring
+import openai
+import pytest
+from keyring.backends import fail
+
+from desktop import cli, process
+from desktop.chat import api_keys
+from desktop.chat.engine import Engine
+from desktop.chat.server import ChatServer, ServeEvent, ServeLimits, log_line
+from desktop.chat.turns import EngineTurns
+from desktop.errors import UserError
+
+from engine_helpers import demo_model_path  # noqa: E402 - tests/ is on sys.path under pytest
+from serve_helpers import COMPLETIONS, COUNTING, MAX_TOKENS, PROMPTS, LocalEngine, ServerProcess, quantdesk_serve, user
+
+GREEDY_API = {"temperature": 0, "max_tokens": MAX_TOKENS}
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEngine]:
+    engine = LocalEngine(tmp_path_factory.mktemp("engine") / "engine.log")
+    engine.load(demo_model_path())
+    yield engine
+    engine.engine.close()
+
+
+@pytest.fixture(scope="module")
+def reference(local: LocalEngine) -> dict[str, str]:
+    """The engine's own greedy replies, each prompt asked once: the chats, and the raw completions."""
+    replies = {}
+    for name, text in PROMPTS.items():
+        replies[name] = local.ask(messages=user(text))[-1].data["text"]
+    for name, text in COMPLETIONS.items():
+        replies[name] = local.ask(prompt=text)[-1].data["text"]
+    assert all(replies.values())
+    return replies
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[ServerProcess]:
+    with quantdesk_serve(demo_model_path()) as server:
+        yield server
+
+
+def client(server: ServerProcess, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def test_chat_replies_equal_the_engines_greedy_reply_streaming_and_not(served: ServerProcess, reference: dict[str, str]) -> None:
+    api = client(served)
+    reply = api.chat.completions.create(model="any", messages=user(PROMPTS["chat"]), **GREEDY_API)  # type: ignore[arg-type]
+    assert reply.choices[0].message.content == reference["chat"]
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage is not None and reply.usage.completion_tokens == MAX_TOKENS and reply.usage.prompt_tokens > 5
+    assert reply.model == demo_model_path().stem
+
+    chunks = list(api.chat.completions.create(model="any", messages=user(PROMPTS["chat_stream"]), stream=True,  # type: ignore[call-overload]
+                                              stream_options={"include_usage": True}, **GREEDY_API))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == reference["chat_stream"]
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in finals] == ["length"]
+    assert finals[0].model_extra["timings"]["predicted_n"] >= MAX_TOKENS - 1  # llama.cpp's counters, as llama-server
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == MAX_TOKENS
+
+
+def test_completions_equal_the_engines_greedy_completion_streaming_and_not(served: ServerProcess,
+                                                                          reference: dict[str, str]) -> None:
+    api = client(served)
+    reply = api.completions.create(model="any", prompt=COMPLETIONS["completion"], **GREEDY_API)  # type: ignore[arg-type]
+    assert reply.choices[0].text == reference["completion"]
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == MAX_TOKENS  # type: ignore[union-attr]
+    stream = api.completions.create(model="any", prompt=COMPLETIONS["completion_stream"], stream=True, **GREEDY_API)  # type: ignore[call-overload]
+    assert "".join(c.choices[0].text for c in stream if c.choices) == reference["completion_stream"]
+
+
+def test_models_and_health(served: ServerProcess) -> None:
+    models = client(served).models.list()
+    assert [m.id for m in models.data] == [demo_model_path().stem]
+    assert models.data[0].model_extra["meta"]["n_ctx"] == 512
+    status, body = raw_request(served.url, "GET", "/health")
+    assert status == 200 and body["status"] == "ok"
+
+
+def test_two_clients_at_once_are_served_in_turn(served: ServerProcess, reference: dict[str, str]) -> None:
+    arrivals: dict[int, list[float]] = {0: [], 1: []}
+    texts: dict[int, str] = {}
+    start = threading.Barrier(2)
+
+    def ask(n: int) -> None:
+        api = client(served)
+        start.wait()
+        parts = []
+        prompt = user(PROMPTS[("client_a", "client_b")[n]])
+        for chunk in api.chat.completions.create(model="any", messages=prompt, stream=True, **GREEDY_API):  # type: ignore[call-overload]
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals[n].append(time.perf_counter())
+                parts.append(chunk.choices[0].delta.content)
+        texts[n] = "".join(parts)
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(240)
+    assert texts == {0: reference["client_a"], 1: reference["client_b"]}
+    first, second = sorted(arrivals.values(), key=lambda times: times[0])
+    assert first[-1] < second[0]  # one reply at a time: the second began after the first ended
+    done_lines = [line for line in served.lines if "chat stream 200" in line]
+    assert len(done_lines) >= 2 and "tok/s" in done_lines[-1]  # the request log, one line per request
+
+
+def raw_request(url: str, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+BAD_REQUESTS = [
+    ("POST", "/v1/chat/completions", b"{not json", {}, 400, "invalid_json"),
+    ("POST", "/v1/chat/completions", b"[1, 2]", {}, 400, "invalid_json"),
+    ("POST", "/v1/chat/completions", b'{"model": "m"}', {}, 400, "invalid_value"),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', {},
+     400, "invalid_type"),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}', {}, 400,
+     "unsupported_value"),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "wizard", "content": "hi"}]}', {}, 400, "invalid_value"),
+    ("POST", "/v1/chat/completions",
+     b'{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}', {}, 400,
+     "unsupported_content"),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}', {}, 400,
+     "invalid_value"),
+    ("POST", "/v1/completions", b'{"prompt": 42}', {}, 400, "invalid_type"),
+    ("POST", "/v1/chat/completions", b"{}", {"Content-Length": str(64 << 20)}, 413, "body_too_large"),
+    ("GET", "/v1/chat/completions", None, {}, 405, "method_not_allowed"),
+    ("GET", "/v1/nothing", None, {}, 404, "unknown_url"),
+    ("GET", "/v1/models", None, {"Host": "attacker.example:8080"}, 403, "host_not_allowed"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "headers", "status", "code"), BAD_REQUESTS)
+def test_bad_requests_get_4xx_json_errors(served: ServerProcess, method: str, path: str, body: bytes | None,
+                                          headers: dict[str, str], status: int, code: str) -> None:
+    got, answer = raw_request(served.url, method, path, body, {"Content-Type": "application/json", **headers})
+    assert (got, answer["error"]["code"]) == (status, code)
+    assert set(answer["error"]) == {"message", "type", "param", "code"}
+    assert answer["error"]["message"].endswith(".") and "Traceback" not in answer["error"]["message"]
+
+
+def test_a_garbled_request_line_gets_a_json_error(served: ServerProcess) -> None:
+    host, port = served.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"\x16\x03\x01 garbage\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+def test_the_openai_client_sees_a_bad_request_as_a_400(served: ServerProcess) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(served).chat.completions.create(model="any", messages=[], max_tokens=4)
+    assert caught.value.status_code == 400 and "messages" in str(caught.value)
+
+
+def test_a_non_loopback_bind_without_a_key_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(UserError, match="needs an API key"):
+        ChatServer(EngineTurns(Engine()), model_name="m", host="0.0.0.0", port=0)
+    children = len(process.live_children())
+    keyring.set_keyring(fail.Keyring())  # a system without a usable keyring: no key can be kept, so no listening
+    assert cli.main(["serve", str(demo_model_path()), "--host", "0.0.0.0", "--port", "0"]) == 1
+    assert "no keyring" in capsys.readouterr().err
+    assert len(process.live_children()) == children  # refused before any engine was started
+
+
+def test_with_a_key_only_its_holder_is_served(memory_keyring: object) -> None:
+    key, is_new = api_keys.ensure_serve_key()
+    assert is_new and api_keys.ensure_serve_key() == (key, False)  # generated once, then read from the keyring
+    turns = EngineTurns(Engine())  # no engine process: a request that gets past the key is answered 503
+    with ChatServer(turns, model_name="m", host="0.0.0.0", port=0, api_key=key) as server:
+        url = f"http://127.0.0.1:{server.port}/v1"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
+        api = openai.OpenAI(base_url=url, api_key=key, max_retries=0)
+        assert [m.id for m in api.models.list().data] == ["m"]
+        with pytest.raises(openai.InternalServerError, match="engine is not running"):
+            api.chat.completions.create(model="m", messages=COUNTING, max_tokens=2)
+
+
+def test_connections_over_the_cap_are_answered_503_at_once() -> None:
+    limits = ServeLimits(max_connections=1, socket_timeout_s=30)
+    with ChatServer(EngineTurns(Engine()), model_name="m", port=0, limits=limits) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30):  # holds the only slot
+            status, body = raw_request(server.url, "GET", "/v1/models")
+    assert (status, body["error"]["code"]) == (503, "too_many_connections")
+
+
+def test_api_requests_and_the_windows_chat_take_turns_and_report_events(local: LocalEngine) -> None:
+    events: list[ServeEvent] = []
+    assert local.turns is not None
+    with ChatServer(local.turns, model_name="demo", port=0, on_event=events.append) as server:
+        api = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
+        done: dict[str, float] = {}
+
+        def api_request() -> None:
+            for _ in api.chat.completions.create(model="demo", messages=COUNTING, stream=True, **GREEDY_API):  # type: ignore[call-overload]
+                pass
+            done["api"] = time.perf_counter()
+
+        thread = threading.Thread(target=api_request)
+        thread.start()
+        while not any(e.kind == "token" for e in events):  # the API request holds the engine now
+            thread.join(0.05)
+        window = local.ask(messages=user("Say hello in French:"))  # the window's own chat waits for its turn
+        done["window"] = time.perf_counter()
+        thread.join(240)
+    assert window[-1].kind == "reply_done" and window[-1].data["metrics"]["completion_tokens"] == MAX_TOKENS
+    assert done["api"] < done["window"]
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "request_started" and kinds[-1] == "request_done"
+    tokens = [e for e in events if e.kind == "token"]
+    assert len(tokens) == MAX_TOKENS and all(a.data["at"] <= b.data["at"] for a, b in zip(tokens, tokens[1:]))
+    line = log_line(events[-1])
+    assert line.startswith("127.0.0.1 chat stream 200:") and f"+ {MAX_TOKENS} tokens" in line and "length" in line
+
+
+def test_a_client_that_goes_away_is_stopped_and_the_next_is_served(local: LocalEngine) -> None:
+    events: list[ServeEvent] = []
+    assert local.turns is not None
+    with ChatServer(local.turns, model_name="demo", port=0, on_event=events.append) as server:
+        api = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
+        stream = api.chat.completions.create(model="demo", messages=COUNTING, stream=True, max_tokens=400,
+                                             temperature=0)
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                break
+        stream.close()  # the client hangs up after its first token
+        reply = api.chat.completions.create(model="demo", messages=user("Say goodbye in Spanish:"), **GREEDY_API)  # type: ignore[arg-type]
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == MAX_TOKENS  # type: ignore[union-attr]
+    first_done = next(e for e in events if e.kind == "request_done")
+    assert first_done.data["status"] == 499 and first_done.data["metrics"]["completion_tokens"] < 400
