@@ -73,3 +73,15 @@ def test_find_my_quant_makes_measures_and_picks_one_within_the_limits(tmp_path: 
     assert not (tmp_path / "tiny-Q8_0.gguf").exists()
     # the measurements came back from the store: same numbers, same time stamp
     assert dataclasses.asdict(second.chosen.result) == dataclasses.asdict(measured["Q4_K_M"].result)
+
+
+def test_the_memory_limit_entered_is_the_one_the_recommendation_states(qtbot) -> None:  # noqa: ANN001 - pytest-qt
+    """8.0 GB entered said "≤ 8.6 GB" in the recommendation (the field counted 2^30 bytes a GB, the text 10^9)."""
+    from desktop.ui.compare.find import FindPanel
+
+    panel = FindPanel()
+    qtbot.addWidget(panel)
+    panel.memory.setValue(8.0)
+    limits = panel.limits(4096)
+    assert limits.max_memory_bytes == 8_000_000_000
+    assert "memory ≤ 8.0 GB at context 4096" in limits.describe()

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
 from desktop.eval.recommend import Limits, Recommendation
 from desktop.ui.widgets import note_label
 
-GB = 1024**3
+GB = 10**9  # decimal, as every size the app shows (desktop.jobs.format_bytes)
 
 
 def _spin(value: float, maximum: float, decimals: int, suffix: str = "") -> QDoubleSpinBox:
@@ -41,8 +41,8 @@ class FindPanel(QWidget):
         self.use_memory = QCheckBox("Memory at most (estimate)")
         self.use_memory.setChecked(True)
         self.memory = _spin(8.0, 4096.0, 4, " GB")
-        self.memory.setToolTip("RAM (or GPU memory) the model may use at the chosen context: weights + KV cache + "
-                               "compute buffer, an estimate")
+        self.memory.setToolTip("Memory the model may use at the chosen context (1 GB = 1,000,000,000 bytes): "
+                               "weights + KV cache + compute buffers, the memory planner's estimate")
         self.use_kld = QCheckBox("KLD at most")
         self.use_kld.setChecked(True)
         self.kld = _spin(0.05, 100.0, 4)
