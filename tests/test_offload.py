@@ -263,3 +263,14 @@ def test_plan_as_dict_is_json_ready() -> None:
     plan = offload.plan_offload(shape, gpus=[GpuBudget("GPU 0", 24 * GiB)], host=HostBudget(16 * GiB), options=_options())
     data = json.loads(json.dumps(plan.as_dict()))
     assert data["verdict"] == "fits" and data["gpus"][0]["breakdown"]["total"] == plan.gpus[0].need_bytes
+
+
+def test_the_most_layers_that_fit_is_the_brute_force_answer_for_any_budget() -> None:
+    shape = shape_from_gguf(synthetic_info())
+    for gpu_mib in range(0, 3000, 97):
+        for host_mib in (400, 900, 16 * 1024):
+            gpus = [GpuBudget("GPU 0", gpu_mib * MiB, backend="Vulkan")]
+            host = HostBudget(host_mib * MiB)
+            brute = max((n for n in range(10) if offload.evaluate(shape, n, gpus=gpus, host=host, options=_options(),
+                                                                   with_max=False).fits), default=-1)
+            assert offload.max_gpu_layers(shape, gpus=gpus, host=host, options=_options()) == brute, (gpu_mib, host_mib)

@@ -278,12 +278,27 @@ def _verdict(shape: ModelShape, n_gpu_layers: int, gpus: Sequence[GpuBudget], gp
 
 def max_gpu_layers(shape: ModelShape, *, gpus: Sequence[GpuBudget], host: HostBudget,
                    options: PlanOptions | None = None) -> int:
-    """The largest ``n_gpu_layers`` for which every device fits; -1 when no setting fits."""
+    """The largest ``n_gpu_layers`` for which every device fits; -1 when no setting fits.
+
+    A GPU's need grows with its layers and the host's shrinks, so the most layers the GPUs take is found by
+    bisection (the Hub table plans many rows per keystroke), and then the host decides whether it fits at all."""
     options = options or PlanOptions()
-    for n in range(shape.total_layers if gpus else 0, -1, -1):
-        if _evaluate(shape, n, gpus, host, options).fits:
-            return n
-    return -1
+    if not gpus:
+        return 0 if _evaluate(shape, 0, gpus, host, options).fits else -1
+
+    def gpus_fit(n: int) -> bool:
+        return all(p.fits for p in _evaluate(shape, n, gpus, host, options).gpus)
+
+    lo, hi = 0, shape.total_layers  # gpus_fit(0) holds: an unused GPU needs nothing
+    if gpus_fit(hi):
+        lo = hi
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if gpus_fit(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo if _evaluate(shape, lo, gpus, host, options).fits else -1
 
 
 def plan_offload(shape: ModelShape, *, gpus: Sequence[GpuBudget], host: HostBudget,
