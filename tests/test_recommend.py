@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
 from quant_helpers import write_tiny_llama
 
 from desktop.eval.evaluate import EvalResult
@@ -85,3 +86,13 @@ def test_the_memory_limit_entered_is_the_one_the_recommendation_states(qtbot) ->
     limits = panel.limits(4096)
     assert limits.max_memory_bytes == 8_000_000_000
     assert "memory ≤ 8.0 GB at context 4096" in limits.describe()
+
+
+def test_sizes_on_the_command_line_are_decimal_unless_binary_units_are_written() -> None:
+    from desktop.errors import UserError
+    from desktop.verbs.recommend import parse_size
+
+    assert parse_size("8GB") == parse_size("8 gb") == 8_000_000_000
+    assert parse_size("800MB") == 800_000_000 and parse_size("1GiB") == 2**30
+    with pytest.raises(UserError, match="not a size"):
+        parse_size("eight")

@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "smallest (or fastest) that meets the limits, with the runners-up.",
     )
     p.add_argument("base", help="the F16/BF16 GGUF to quantize and compare against")
-    p.add_argument("--max-memory", type=parse_size, help="memory to stay within at --ctx, e.g. 6GB")
+    p.add_argument("--max-memory", type=parse_size,
+                   help="memory to stay within at --ctx, e.g. 6GB (1 GB = 10^9 bytes; GiB = 2^30)")
     p.add_argument("--ctx", type=int, default=4096, help="context the memory limit applies at (default 4096)")
     p.add_argument("--max-kld", type=float, help="largest acceptable mean KL divergence")
     p.add_argument("--max-ppl-increase", type=float, metavar="PCT", help="largest perplexity increase, percent")
