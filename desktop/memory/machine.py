@@ -105,13 +105,16 @@ def machine_from_report(report: Any) -> Machine:
 
 
 def this_machine(include_llama: bool = True) -> Machine:
-    """This machine's budgets (loads llama.cpp to ask for its devices: call it in a child process or the CLI).
+    """This machine's budgets. With ``include_llama`` the hardware is read in a child process started on the
+    selected llama.cpp engine (its own device list decides which GPUs count); without, no GPU is counted.
 
     With no hardware report available: the host alone, from psutil."""
     try:
-        from desktop.hardware.report import collect_report
+        from desktop.hardware import report as hardware
 
-        return machine_from_report(collect_report(include_llama=include_llama))
+        if include_llama:
+            return machine_from_report(hardware.collect_report_on_engine())
+        return machine_from_report(hardware.collect_report(include_llama=False))
     except Exception as exc:  # noqa: BLE001 - detection is best effort; the plan still works for the CPU
         log.info("hardware detection unavailable (%s); planning for the CPU only", exc)
     import psutil

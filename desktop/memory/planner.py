@@ -334,7 +334,8 @@ def predicted_vs_actual(plan: OffloadPlan, actual: Mapping[str, Any],
             rows.append({"device": gpu.name, "part": part, "predicted": getattr(gpu.breakdown, part),
                          "actual": got.get(part)})
         if gpu.layers:
-            measured = nvml.get(gpus_nvml[index]) if gpus_nvml[index] is not None else None
+            nvml_index = gpus_nvml[index]
+            measured = nvml.get(nvml_index) if nvml_index is not None else None
             rows.append({"device": gpu.name, "part": "overhead", "predicted": gpu.breakdown.overhead,
                          "actual": None if measured is None else max(0, int(measured) - sum(
                              int(got.get(p) or 0) for p in parts))})
