@@ -3,6 +3,7 @@ each a real child process on 127.0.0.1 with the demo model, plus an in-process e
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import socket
@@ -42,6 +43,24 @@ COMPLETIONS = {
 
 def user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
+
+
+@functools.lru_cache(maxsize=1)
+def instruct_model_path() -> Path:
+    """The bundled instruct model (SmolLM2 135M Instruct), unpacked once into the shared test folder: it answers
+    chat prompts under any server's chat formatting, where the base demo model often ends at once."""
+    from desktop.chat_model import ensure_chat_model
+    from engine_helpers import SHARED_HOME
+
+    previous = os.environ.get("QUANTDESK_HOME")
+    os.environ["QUANTDESK_HOME"] = str(SHARED_HOME)
+    try:
+        return Path(ensure_chat_model())
+    finally:
+        if previous is None:
+            os.environ.pop("QUANTDESK_HOME", None)
+        else:
+            os.environ["QUANTDESK_HOME"] = previous
 
 
 @dataclass

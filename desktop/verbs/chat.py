@@ -1,5 +1,6 @@
 """``quantdesk chat [MODEL.gguf] --prompt TEXT [--json]``: one answer from the chat engine, with its metrics; without
-MODEL, the default chat model (:mod:`desktop.chat_model`)."""
+MODEL, the default chat model (:mod:`desktop.chat_model`). ``quantdesk chat --server URL [--model NAME]``: the same
+from an OpenAI-compatible server (:class:`desktop.chat.remote.RemoteEngine`, same events, same output)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("model", nargs="?", default=None,
                         help="a .gguf file (default: the bundled chat model, SmolLM2 135M Instruct)")
+    parser.add_argument("--server", default=None, metavar="URL",
+                        help="ask an OpenAI-compatible server instead (llama-server, vLLM, Ollama, quantdesk serve); "
+                        "its API key, if it needs one, is read from the system keyring for that address")
+    parser.add_argument("--model", dest="server_model", default=None, metavar="NAME",
+                        help="with --server: the model to ask (default: the server's only model)")
     parser.add_argument("--prompt", required=True, help="the user's message")
     parser.add_argument("--system", default="", help="a system prompt (the default model has one of its own)")
     parser.add_argument("--ctx", type=int, default=2048, help="context length (default 2048)")
@@ -40,10 +46,23 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from desktop.chat.engine import Engine, LoadOptions, Sampling
     from desktop.chat_model import ensure_chat_model, system_prompt_for
+    from desktop.errors import UserError
     from desktop.settings import load_settings
 
-    model = args.model or str(ensure_chat_model())
-    system = system_prompt_for(model, args.system)
+    if args.server:
+        from desktop.chat.remote import RemoteEngine
+
+        if args.model:
+            raise UserError("Give either a model file or --server, not both.", kind="bad_arguments")
+        engine: Engine = RemoteEngine(args.server)
+        model, system = args.server_model or "", args.system
+    elif args.server_model:
+        raise UserError("--model names a model on a server: give --server URL too, or the .gguf file alone.",
+                        kind="bad_arguments")
+    else:
+        engine = Engine()
+        model = args.model or str(ensure_chat_model())
+        system = system_prompt_for(model, args.system)
     options = LoadOptions(
         path=model,
         n_ctx=args.ctx,
@@ -64,9 +83,8 @@ def run(args: argparse.Namespace) -> int:
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": args.prompt}
     ]
-    engine = Engine()
     try:
-        loaded = engine.load_and_wait(options)
+        loaded = engine.load_and_wait(model if args.server else options)
         stream = None if args.json else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
         try:
             reply = engine.ask(messages, sampling, on_token=stream)

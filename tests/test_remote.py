@@ -1,0 +1,177 @@
+"""The remote client (``RemoteEngine``, ``quantdesk chat --server``) against real OpenAI-compatible servers on
+127.0.0.1: llama-cpp-python's own ``llama_cpp.server``, which QuantDesk did not write, and ``quantdesk serve``."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from desktop import cli
+from desktop.chat import api_keys
+from desktop.chat.engine import Engine, EngineEvent
+from desktop.chat.remote import RemoteEngine, list_models
+from desktop.chat.server import ChatServer
+from desktop.chat.turns import EngineTurns
+from desktop.errors import UserError
+from desktop.jobs import JobFailed
+
+from engine_helpers import demo_model_path  # noqa: E402 - tests/ is on sys.path under pytest
+from serve_helpers import (GREEDY, MAX_TOKENS, PROMPTS, ServerProcess, free_port, instruct_model_path, llama_cpp_server,
+                           quantdesk_serve, user)
+
+GREEDY_CLI = ["--temperature", "0", "--repeat-penalty", "1.0", "--max-tokens", str(MAX_TOKENS), "--json"]
+
+
+@pytest.fixture(scope="module")
+def llama_server() -> Iterator[ServerProcess]:
+    with llama_cpp_server(instruct_model_path()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[ServerProcess]:
+    with quantdesk_serve(demo_model_path()) as server:
+        yield server
+
+
+def connect(url: str, model: str = "") -> RemoteEngine:
+    remote = RemoteEngine(url)
+    remote.load_and_wait(model, timeout=60)
+    return remote
+
+
+def collect(remote: RemoteEngine, request_id: str) -> list[EngineEvent]:
+    events: list[EngineEvent] = []
+    remote.wait_for("reply_done", timeout=240, on_event=events.append)
+    return [e for e in events if e.request_id == request_id]
+
+
+def test_a_reply_streams_from_llama_cpp_server_with_timing_from_the_stream(llama_server: ServerProcess) -> None:
+    remote = connect(llama_server.url)
+    try:
+        assert remote.loaded_metadata["name"] == "demo" and remote.loaded_metadata["remote"] is True
+        request_id = remote.chat(user(PROMPTS["remote"]), GREEDY)
+        events: list[EngineEvent] = []
+        done = remote.wait_for("reply_done", timeout=240, on_event=events.append)
+    finally:
+        remote.close()
+    tokens = [e for e in events if e.kind == "token" and e.request_id == request_id]
+    assert [e.kind for e in events][0] == "prompt_started"
+    assert len(tokens) >= 3 and "".join(e.data["text"] for e in tokens) == done.data["text"] != ""
+    stamps = [e.data["at"] for e in tokens]
+    assert stamps == sorted(stamps)  # one arrival time per streamed piece: the live graph's points
+    metrics = done.metrics
+    assert metrics is not None and metrics.finish_reason == "length"
+    assert done.data["timing_source"] == "stream" and metrics.llama_perf == {}  # llama_cpp.server sends no timings
+    assert metrics.ttft_s is not None and metrics.ttft_s > 0 and metrics.generation_tokens_per_s > 0
+    assert done.data["stream_timing"]["pieces"] == len(tokens)
+
+
+def test_stop_closes_the_stream_and_the_server_answers_the_next_request(llama_server: ServerProcess) -> None:
+    remote = connect(llama_server.url, "demo")
+    try:
+        request_id = remote.chat(user("Count from 1 to 1000, separated by commas: 1, 2, 3,"),
+                                 {"temperature": 0, "max_tokens": 400})
+        remote.wait_for("token", timeout=240)
+        remote.stop()
+        stopped = [e for e in collect(remote, request_id) if e.kind == "reply_done"][-1]
+        assert stopped.metrics is not None and stopped.metrics.finish_reason == "stopped"
+        assert stopped.metrics.completion_tokens < 400
+        again = remote.ask(user("Say hello:"), {"temperature": 0, "max_tokens": 4})
+        assert again.metrics.finish_reason in ("length", "stop")
+    finally:
+        remote.close()
+
+
+def test_chat_cli_with_server_against_llama_cpp_server(llama_server: ServerProcess,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert [m["id"] for m in list_models(llama_server.url)] == ["demo"]
+    code = cli.main(["chat", "--server", llama_server.url + "/v1", "--model", "demo", "--prompt", "Say hi:",
+                     *GREEDY_CLI])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["reply"] and data["model"]["name"] == "demo" and data["model"]["url"] == llama_server.url
+    assert data["metrics"]["finish_reason"] in ("length", "stop") and data["metrics"]["completion_tokens"] >= 1
+
+
+def test_chat_cli_with_server_equals_the_local_engines_greedy_reply(served: ServerProcess,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    prompt = ["--prompt", PROMPTS["remote_stream"]]
+    assert cli.main(["chat", str(demo_model_path()), *prompt, *GREEDY_CLI, "--ctx", "512", "--threads", "1"]) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert cli.main(["chat", "--server", served.url, *prompt, *GREEDY_CLI]) == 0
+    remote = json.loads(capsys.readouterr().out)
+    assert remote["reply"] == local["reply"] != ""
+    assert remote["model"]["name"] == demo_model_path().stem
+    # quantdesk serve sends llama.cpp's counters as llama-server's `timings`: the same numbers as a local reply
+    assert remote["metrics"]["llama_perf"]["n_eval"] == local["metrics"]["llama_perf"]["n_eval"] == MAX_TOKENS - 1
+    assert remote["metrics"]["completion_tokens"] == local["metrics"]["completion_tokens"] == MAX_TOKENS
+    assert remote["metrics"]["generation_tokens_per_s"] > 0
+
+
+def test_remote_engine_with_quantdesk_serve_reports_the_servers_timings(served: ServerProcess) -> None:
+    remote = connect(served.url)
+    try:
+        reply_id = remote.chat(user("Name three fruits:"), GREEDY)
+        done = [e for e in collect(remote, reply_id) if e.kind == "reply_done"][-1]
+    finally:
+        remote.close()
+    assert done.data["timing_source"] == "server" and done.data["server_timings"]["predicted_n"] == MAX_TOKENS - 1
+    assert done.metrics is not None and done.metrics.prompt_tokens_total > 5 and done.metrics.n_ctx == 512
+
+
+def test_an_offline_server_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(UserError, match="connection was refused") as caught:
+        list_models(url)
+    assert caught.value.kind == "offline" and "Start the server" in caught.value.next_step
+    remote = RemoteEngine(url)
+    with pytest.raises(JobFailed, match=r"^Nothing answers at http://127\.0\.0\.1:\d+: the connection was refused\."):
+        remote.load_and_wait("any", timeout=30)
+    assert cli.main(["chat", "--server", url, "--prompt", "hi"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "connection was refused" in err and "Traceback" not in err
+    with pytest.raises(UserError, match="not a server address"):
+        RemoteEngine("ftp://example.org")
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """A stand-in server that answers /v1/models and remembers each request's Authorization header."""
+
+    seen: list[str | None] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        type(self).seen.append(self.headers.get("Authorization"))
+        body = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_key_is_kept_per_server_and_sent_only_to_that_server(memory_keyring: object) -> None:
+    turns = EngineTurns(Engine())  # /v1/models needs no model
+    with ChatServer(turns, model_name="m", port=0, api_key="secret-key-1") as keyed:
+        with pytest.raises(UserError, match="refused the request") as caught:
+            list_models(keyed.url)
+        assert caught.value.kind == "unauthorized"
+        api_keys.save_remote_key(keyed.url + "/v1/", "secret-key-1")  # one account per address, with or without /v1
+        assert [m["id"] for m in list_models(keyed.url)] == ["m"]
+        other = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        try:
+            assert [m["id"] for m in list_models(f"http://127.0.0.1:{other.server_address[1]}")] == ["m"]
+        finally:
+            other.shutdown()
+            other.server_close()
+    assert _Recorder.seen == [None]  # the other server never saw the key
+    with pytest.raises(UserError, match="API key"):
+        api_keys.save_remote_key(keyed.url, "two words")
