@@ -114,3 +114,104 @@ def test_no_keyring_is_a_sentence_not_a_crash(monkeypatch: pytest.MonkeyPatch) -
         assert info.value.kind == "no_keyring" and "HF_TOKEN" in info.value.next_step
     finally:
         keyring.set_keyring(previous)
+
+
+def test_a_token_goes_only_to_the_endpoint_it_was_saved_for(mock_hub: MockHub, monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path) -> None:  # noqa: F811
+    """13.7: with no keyring token for a custom HF_ENDPOINT, huggingface_hub fell back to HF_TOKEN or the saved
+    login (both huggingface.co's) and sent it there."""
+    from mockhub import checkpoint_files
+
+    from desktop.hub.download import download
+    from desktop.hub.inspect import inspect_repo
+    from desktop.hub.search import search_models
+
+    mock_hub.add_repo("org/tiny-llama", checkpoint_files())
+    for token in ("hf_environment_token_1", "hf_saved_login_token_2"):
+        mock_hub.add_token(token)  # valid on this server, so the mock records when one arrives
+    monkeypatch.setenv("HF_TOKEN", "hf_environment_token_1")
+    import os
+    os.makedirs(os.environ["HF_HOME"], exist_ok=True)
+    with open(os.path.join(os.environ["HF_HOME"], "token"), "w") as f:
+        f.write("hf_saved_login_token_2")
+    inspect_repo(progress=lambda *a: None, cancelled=lambda: False, repo="org/tiny-llama")
+    search_models("tiny")
+    download(progress=lambda *a: None, cancelled=lambda: False, repo="org/tiny-llama")
+    assert mock_hub.requests and not any(r.authorized for r in mock_hub.requests)
+    # The token saved for this endpoint is sent to it.
+    tokens.save_token("hf_environment_token_1")
+    inspect_repo(progress=lambda *a: None, cancelled=lambda: False, repo="org/tiny-llama")
+    assert mock_hub.requests[-1].authorized
+
+
+def test_never_over_plain_http_and_huggingface_tokens_only_to_huggingface(monkeypatch: pytest.MonkeyPatch) -> None:
+    tokens.save_token("hf_mirror_token_3", "http://mirror.example.org")
+    assert tokens.token_for("http://mirror.example.org") is False  # saved for it, but plain http on a network
+    assert tokens.token_for("http://mirror.example.org", "hf_explicit_token_4") is False
+    tokens.save_token("hf_local_token_5", "http://127.0.0.1:8080")
+    assert tokens.token_for("http://127.0.0.1:8080") == "hf_local_token_5"  # loopback never leaves the machine
+    monkeypatch.setenv("HF_TOKEN", "hf_environment_token_1")
+    assert tokens.token_for("https://mirror.example.org") is False
+    assert tokens.token_for("https://huggingface.co") == "hf_environment_token_1"
+    tokens.save_token("hf_hub_token_6", "https://huggingface.co")
+    assert tokens.token_for("https://huggingface.co") == "hf_hub_token_6"
+
+
+def test_next_page_links_stay_on_the_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """13.7: paginated listings followed any next-page link, taking the token to another host."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[tuple[str, str | None]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            seen.append((self.headers.get("Host", ""), self.headers.get("Authorization")))
+            body = json.dumps([{"id": f"org/m{len(seen)}"}]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            # The next page on another host name (the same server, reached as "localhost").
+            self.send_header("Link", f'<http://localhost:{self.server.server_port}/api/models?p=2>; rel="next"')
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_port}"
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        tokens.save_token("hf_endpoint_token_7", endpoint)
+        from desktop.hub.repo import get_json_pages, hub_context
+
+        with pytest.raises(UserError) as info:
+            get_json_pages(hub_context(), "/api/models", {})
+    finally:
+        server.shutdown()
+    assert info.value.kind == "bad_server"
+    assert seen == [(f"127.0.0.1:{server.server_port}", "Bearer hf_endpoint_token_7")]
+
+
+def test_a_plaintext_keyring_counts_as_none(tmp_path) -> None:
+    """13-Low: the keyring backend was not checked; a plaintext backend would have put the token in a file."""
+    import keyring
+    from keyrings.alt.file import PlaintextKeyring
+
+    backend = PlaintextKeyring()
+    backend.file_path = str(tmp_path / "keyring_pass.cfg")
+    previous = keyring.get_keyring()
+    keyring.set_keyring(backend)
+    try:
+        assert "PlaintextKeyring" in tokens.keyring_problem()
+        with pytest.raises(UserError) as info:
+            tokens.save_token("hf_abcdefghijklmnop")
+        assert info.value.kind == "no_keyring"
+        backend.set_password(tokens.SERVICE, tokens.endpoint(), "hf_planted_in_a_file")
+        assert tokens.get_token() is None  # never read back from a plain file either
+    finally:
+        keyring.set_keyring(previous)
+    assert "hf_abcdefghijklmnop" not in (tmp_path / "keyring_pass.cfg").read_text()

@@ -20,7 +20,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
 from desktop.hub import tokens
@@ -130,7 +130,7 @@ class HubContext:
 
     endpoint: str
     cache_dir: str
-    token: str | None = field(default=None, repr=False)
+    token: str | Literal[False] = field(default=False, repr=False)  # False: send none (see tokens.token_for)
     offline: bool = False
     timeout: float = 10.0
 
@@ -162,13 +162,14 @@ def _offline_setting() -> bool:
         return False
 
 
-def hub_context(token: str | None = None, *, timeout: float | None = None) -> HubContext:
-    """The context for a call now: endpoint, cache folder, the keyring's token unless one is given, offline."""
+def hub_context(token: str | Literal[False] | None = None, *, timeout: float | None = None) -> HubContext:
+    """The context for a call now: endpoint, cache folder, the token for this endpoint (``token`` if given, else
+    the keyring's; False: none, and nothing is looked up), offline."""
     endpoint = tokens.endpoint()
     return HubContext(
         endpoint=endpoint,
         cache_dir=default_cache_dir(),
-        token=token or tokens.get_token(endpoint),
+        token=False if token is False else tokens.token_for(endpoint, token),
         offline=_offline_setting(),
         timeout=timeout if timeout is not None else 10.0,
     )
@@ -380,6 +381,11 @@ def describe(report: RepoReport) -> str:
     return f"not usable: {report.reason}"
 
 
+def _same_origin(url: str, endpoint: str) -> bool:
+    a, b = urlsplit(url), urlsplit(endpoint)
+    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
+
+
 def get_json_pages(ctx: HubContext, path: str, params: dict[str, str], max_pages: int = 1000) -> list[Any]:
     """GET a Hub API list, following ``Link: <...>; rel="next"`` pages, with the context's timeout.
 
@@ -401,4 +407,7 @@ def get_json_pages(ctx: HubContext, path: str, params: dict[str, str], max_pages
         items.extend(page if isinstance(page, list) else [])
         url = response.links.get("next", {}).get("url") if hasattr(response, "links") else None
         query = None  # the next link carries the query
+        if url is not None and not _same_origin(url, ctx.endpoint):
+            raise UserError("The Hub's answer sent QuantDesk to another server for the next page of the list, "
+                            "so QuantDesk stopped there.", "Check HF_ENDPOINT, or retry later.", kind="bad_server")
     return items
