@@ -285,3 +285,52 @@ def test_files_no_model_has_are_one_sentence(mock_hub: MockHub, files: dict, wor
     mock_hub.add_repo("org/odd", files)
     error = expect_error("bad_repo", "org/odd")
     assert words in error.message, error.message
+
+
+def test_numbers_from_the_network_are_bounded(mock_hub: MockHub, tmp_path: Path) -> None:  # noqa: F811
+    """13.1: a 150-byte config.json with 20,000 layers took 16 s and 951 MB (gguf's tensor map); a GGUF repo's
+    tensor dims were multiplied as unbounded integers (9 s, then OverflowError). Each is one sentence now."""
+    import time
+
+    from gguf_bytes import gguf, kv_str, tensor
+
+    config = json.dumps({"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 20_000, "hidden_size": 64,
+                         "num_attention_heads": 4, "model_type": "gemma3", "sliding_window": 512})
+    mock_hub.add_repo("org/deep", {"config.json": config, "model.safetensors": safetensors_bytes({"w": ("BF16", (4, 4))})})
+    started = time.monotonic()
+    assert "num_hidden_layers is 20000" in expect_error("bad_repo", "org/deep").message
+    header = gguf([kv_str("general.architecture", "llama")], [tensor(f"t{i}", (1 << 62,) * 4) for i in range(50)])
+    mock_hub.add_repo("org/huge-GGUF", {"huge-Q8_0.gguf": header + bytes(4096)})
+    assert "too large" in expect_error("bad_repo", "org/huge-GGUF").message
+    assert time.monotonic() - started < 10
+
+
+def isolated(repo: str, **kwargs: object) -> RepoReport:
+    from desktop.hub.sandbox import inspect_repo_isolated
+
+    return inspect_repo_isolated(progress=lambda d, t, m: None, cancelled=lambda: False, repo=repo,
+                                 **kwargs)  # type: ignore[arg-type]
+
+
+def test_isolated_inspection_matches_and_keeps_its_limits(mock_hub: MockHub) -> None:  # noqa: F811
+    """13.1: inspect runs in a child process with a wall-clock limit (kept by the parent) and a memory limit
+    (RLIMIT_AS in the child); past either, one sentence. The token is resolved in the parent's keyring."""
+    from desktop.hub import tokens
+
+    mock_hub.add_repo("org/gated", checkpoint_files(), gated=True, granted={"hf_granted_token_1"})
+    mock_hub.add_token("hf_granted_token_1")
+    tokens.save_token("hf_granted_token_1")  # in the test's in-memory keyring, which the child cannot see
+    child = isolated("org/gated")
+    assert child.to_dict() == inspect("org/gated").to_dict()
+
+    mock_hub.hang("info")
+    try:
+        with pytest.raises(UserError) as info:
+            isolated("org/gated", time_limit_s=1.0)
+    finally:
+        mock_hub.release()
+    assert info.value.kind == "timeout" and "longer than 1 s" in info.value.message
+
+    with pytest.raises(UserError) as info:
+        isolated("org/gated", memory_limit=64 * 1024 * 1024)  # less than Python itself needs: it cannot finish
+    assert info.value.kind in ("out_of_memory", "crash") and info.value.message.endswith("."), info.value

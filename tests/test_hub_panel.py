@@ -296,8 +296,9 @@ def test_a_newer_inspection_wins_over_a_late_one(mock_hub: MockHub, qtbot: QtBot
     assert first is not None
     qtbot.waitUntil(mock_hub.hung.is_set, timeout=10_000)
     inspect(qtbot, panel, "org/second")
-    with qtbot.waitSignal(first.sig_finished, timeout=30_000):
-        mock_hub.release()
+    # The first look-up was cancelled and really stops (its child process ends) while its request still hangs.
+    qtbot.waitUntil(lambda: not first.is_active(), timeout=30_000)
+    mock_hub.release()
     assert panel.report is not None and panel.report.repo_id == "org/second"
     assert panel.message.text().startswith("org/second:")
 
@@ -341,3 +342,23 @@ def test_main_window_passes_the_hardware_report_to_the_panel(qtbot: QtBot) -> No
     assert [g.free_bytes for g in memory.gpus] == [8 * GB]
     assert [window.models_page.tabs.tabText(i) for i in range(2)] == ["On this computer", "Hugging Face"]
     window.close()
+
+
+def test_cancel_stops_a_hung_inspection_at_once(mock_hub: MockHub, qtbot: QtBot, page: ModelsPage) -> None:
+    """13.1: inspect ran in the GUI process without cancel (a hung server held it until the timeout); it runs in
+    a child process now, and Cancel ends it while the server still hangs."""
+    mock_hub.add_repo("org/slow", checkpoint_files())
+    panel = page.hub_panel
+    mock_hub.hang("info")
+    try:
+        panel.repo.setText("org/slow")
+        qtbot.mouseClick(panel.inspect_button, Qt.MouseButton.LeftButton)
+        job = panel.inspect_job
+        assert job is not None and panel.cancel_button.isEnabled()
+        qtbot.waitUntil(mock_hub.hung.is_set, timeout=30_000)
+        # Well inside the 10 s the Hub request itself would wait for: the child is stopped, not waited for.
+        with qtbot.waitSignal(job.sig_finished, timeout=5_000):
+            qtbot.mouseClick(panel.cancel_button, Qt.MouseButton.LeftButton)
+        assert panel.message.text() == "Inspection cancelled." and panel.retry_button.isEnabled()
+    finally:
+        mock_hub.release()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from desktop.errors import UserError
 from desktop.memory import shape_from_config, shape_from_metadata
@@ -197,7 +197,7 @@ def _checkpoint_report(report: RepoReport, listing: RepoListing, ctx: HubContext
     report.kind = "checkpoint"
     present = {f.path for f in listing.files}
     report.download_files = checkpoint_download_files(present, shards, index)
-    report.predictions = predict_quant_sizes(tensors, report.gguf_arch, report.attention.n_layer)
+    report.predictions = predict_quant_sizes(tensors, report.gguf_arch, report.attention.n_layer, cancelled)
     return report
 
 
@@ -233,7 +233,7 @@ def gguf_tensor_specs(tensors: dict[str, tuple[str, tuple[int, ...]]], gguf_arch
 
 
 def predict_quant_sizes(tensors: dict[str, tuple[str, tuple[int, ...]]], gguf_arch: str,
-                        n_layers: int) -> list[QuantPrediction]:
+                        n_layers: int, cancelled: CancelledFn = lambda: False) -> list[QuantPrediction]:
     """The GGUF size of every worthwhile quant type of this checkpoint, largest first."""
     from desktop.quant.types import QUANT_TYPES
     from desktop.quant.sizing import predict_size
@@ -242,6 +242,7 @@ def predict_quant_sizes(tensors: dict[str, tuple[str, tuple[int, ...]]], gguf_ar
     n_params = sum(s.n_elements for s in specs) or 1
     predictions = []
     for qt in QUANT_TYPES:
+        check_cancelled(cancelled)
         if qt.name in _SKIPPED_TYPES or qt.family in _SKIPPED_FAMILIES:
             continue
         try:
@@ -317,10 +318,12 @@ def inspect_repo(
     cancelled: CancelledFn,
     repo: str,
     revision: str | None = None,
-    token: str | None = None,
+    token: str | Literal[False] | None = None,
     timeout: float | None = None,
 ) -> RepoReport:
-    """Inspect a repo without downloading its weights (a job). See :class:`RepoReport`."""
+    """Inspect a repo without downloading its weights (a job). See :class:`RepoReport`. ``token``: None looks up
+    the one saved for the endpoint, False sends none. Untrusted repos are best inspected through
+    :func:`desktop.hub.sandbox.inspect_repo_isolated`, which runs this in a child process with limits."""
     ref = parse_repo_ref(repo, revision)
     ctx = hub_context(token, timeout=timeout)
     progress(0, 0, f"Looking up {ref.repo_id}...")

@@ -20,9 +20,10 @@ class InspectOutcome:
 
 def inspect_job(progress: ProgressFn, cancelled: CancelledFn, *, repo: str, revision: str | None,
                 probe_memory: bool) -> InspectOutcome:
-    from desktop.hub.inspect import inspect_repo
+    from desktop.hub.sandbox import inspect_repo_isolated
 
-    report = inspect_repo(progress=progress, cancelled=cancelled, repo=repo, revision=revision)
+    # In a child process with time and memory limits: a repo's numbers are untrusted (issue 13.1).
+    report = inspect_repo_isolated(progress=progress, cancelled=cancelled, repo=repo, revision=revision)
     memory = None
     if probe_memory:  # without llama.cpp: the GUI process never loads it
         from desktop.hardware import report as hardware
