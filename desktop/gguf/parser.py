@@ -11,7 +11,7 @@ remote source may fetch is :class:`HeaderIncomplete`.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -135,7 +135,7 @@ class Header:
         return head_counts(self.metadata, self.architecture, self.block_count)
 
 
-def layer_values(metadata: dict[str, Any], arch: str, key: str, n_layer: int, default: Any = None) -> tuple[int, ...]:
+def layer_values(metadata: Mapping[str, Any], arch: str, key: str, n_layer: int, default: Any = None) -> tuple[int, ...]:
     """A per-layer hyperparameter (``attention.head_count``, ...) as one int per layer, the one way every reader
     takes it: a scalar applies to every layer, an array gives each layer its own value (models with layers of
     different widths), padded with its last value or cut to ``n_layer``. ``default`` (a value or a tuple) when
@@ -149,7 +149,7 @@ def layer_values(metadata: dict[str, Any], arch: str, key: str, n_layer: int, de
     return (value if isinstance(value, int) and not isinstance(value, bool) else 0,) * n_layer
 
 
-def head_counts(metadata: dict[str, Any], arch: str, n_layer: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def head_counts(metadata: Mapping[str, Any], arch: str, n_layer: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(query heads, key/value heads) per layer, the one way they are read (key/value heads default to the query
     heads). The planner sizes each layer by its own count; the quantizer, like llama.cpp's, uses layer 0."""
     n_layer = max(n_layer, 1)  # a file without block_count still has its heads

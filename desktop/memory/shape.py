@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from desktop.errors import UserError
+from desktop.gguf.parser import head_counts
 
 if TYPE_CHECKING:
     from desktop.gguf.reader import GGUFInfo
@@ -194,9 +195,9 @@ def shape_from_metadata(metadata: Mapping[str, Any], n_vocab: int = 0) -> ModelS
         return _int(metadata.get(f"{arch}.{key}"), default)
 
     n_layer = hp("block_count")
-    n_head = hp("attention.head_count")
+    heads, heads_kv = head_counts(metadata, arch, n_layer)  # the reader's one per-layer accessor
+    n_head, n_head_kv = max(heads), max(heads_kv)
     n_embd = hp("embedding_length")
-    n_head_kv = hp("attention.head_count_kv", n_head)
     key_length = hp("attention.key_length", n_embd // n_head if n_head else 0)
     value_length = hp("attention.value_length", key_length)
     pattern_value = metadata.get(f"{arch}.attention.sliding_window_pattern")
