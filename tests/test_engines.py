@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from desktop.errors import Cancelled, UserError
-from desktop.llama import build, engines, toolchain
+from desktop.llama import build, build_run, engines, toolchain
 from desktop.llama.engines import SmokeResult
 from desktop.process import run_in_child
 
 
 def test_progress_counts_the_outer_build_only_and_never_goes_back() -> None:
-    tracker = build.BuildProgress()
+    tracker = build_run.BuildProgress()
     seen = [tracker.feed(line) for line in (
         "-- Configuring done",
         "[1/400] Building C object ggml/src/ggml.c.o",
@@ -31,7 +31,7 @@ def test_progress_counts_the_outer_build_only_and_never_goes_back() -> None:
         "[400/400] Linking CXX shared library bin/libllama.so",
     )]
     assert seen == [None, 1 / 400, 0.25, None, None, None, 1.0]
-    make = build.BuildProgress()
+    make = build_run.BuildProgress()
     assert make.feed("[ 45%] Building CXX object src/llama.cpp.o") == pytest.approx(0.45)
 
 
@@ -120,7 +120,7 @@ def test_cancel_kills_the_whole_process_group(tmp_path: Path) -> None:
 
         started = time.monotonic()
         with pytest.raises(Cancelled):
-            build.run_logged(["/bin/sh", "-c", script], log, cancelled, on_line=lines.append)
+            build_run.run_logged(["/bin/sh", "-c", script], log, cancelled, on_line=lines.append)
     assert time.monotonic() - started < 30
     grandchild = int(pid_file.read_text())
     for _ in range(100):
@@ -137,7 +137,7 @@ def test_cancel_kills_the_whole_process_group(tmp_path: Path) -> None:
 def test_a_failed_compile_names_the_first_error_and_the_log(tmp_path: Path) -> None:
     log_path = tmp_path / "engine-build.log"
     with open(log_path, "w") as log:
-        code = build.run_logged(["/bin/sh", "-c", "echo 'x.cpp:3:1: error: vk::LayerSettingEXT is not a member'; "
+        code = build_run.run_logged(["/bin/sh", "-c", "echo 'x.cpp:3:1: error: vk::LayerSettingEXT is not a member'; "
                                  "exit 1"], log, lambda: False)
         assert code == 1
         failure = build._build_failed(build.BuildPlan("vulkan", "0.3.36", "", "k", 2), "build", log)
@@ -232,3 +232,25 @@ def test_children_start_on_the_selected_engine_and_the_parent_does_not(
     assert os.environ["LLAMA_CPP_LIB_PATH"] == "/somewhere/else"  # restored in the parent
     forced = run_in_child("test_engines:child_sees_environment", env=engines.cpu_environment())
     assert forced["LLAMA_CPP_LIB_PATH"] is None
+
+
+def test_the_engine_verbs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from desktop.cli import main
+
+    monkeypatch.setenv("QUANTDESK_HOME", str(tmp_path))
+    assert main(["engine", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(e["name"], e["selected"], e["usable"]) for e in listed] == [("cpu", True, True)]
+    untested = _install(tmp_path, "vulkan", None)
+    assert main(["engine", "use", "vulkan"]) == 1
+    assert capsys.readouterr().err == (f"quantdesk: The Vulkan engine cannot be used: Built, not tested yet: run its "
+                                       f"smoke test before it is offered. Run: quantdesk engine test {untested.name}\n")
+    engines.save_smoke(untested, SmokeResult(True, "Passed: all 31 layers on Vulkan0."))
+    assert main(["engine", "use", "vulkan"]) == 0
+    assert capsys.readouterr().out == f"Models now run on the Vulkan engine ({untested.name}).\n"
+    assert main(["engine", "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"* {untested.name}" in out and "Selected: " + untested.name + " (chosen by you)." in out
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main(["engine", "build", "cuda", "--check"]) == 1
+    assert "MISSING  CMake: not found" in capsys.readouterr().out

@@ -247,6 +247,7 @@ class Engine:
         self._last_chat: tuple[list[Mapping[str, Any]], dict[str, Any], str] | None = None
         self.engine_env: dict[str, str | None] | None = None  # None: the selected llama.cpp engine
         self.engine_name = ""  # the llama.cpp engine the current child runs on ("cpu", "vulkan-0.3.36", ...)
+        self.offload_warning = ""  # after a load asked for GPU layers and got none: the sentence to show
 
     # -- lifecycle
 
@@ -447,6 +448,10 @@ class Engine:
             self.state = "ready"
             self.loaded_metadata = dict(event.data.get("metadata") or {})
             self.loaded_memory = dict(event.data.get("memory") or {})
+            from desktop.llama.engines import offload_shortfall
+
+            requested = int(self.loaded_metadata.get("n_gpu_layers") or 0)
+            self.offload_warning = offload_shortfall(requested, self.loaded_memory, self.engine_name)
         elif event.kind in ("unloaded", "load_cancelled"):
             self.state = "idle"
             self.loaded_metadata = {}

@@ -114,6 +114,7 @@ class Request:
     n_ctx: int
     max_chunks: int
     out_dir: Path
+    n_gpu_layers: int | None = None  # None: as many of the base's layers as fit on the selected engine's GPUs
 
 
 def _shape(info: GGUFInfo) -> memory.ModelShape | None:
@@ -179,8 +180,13 @@ def measure_job(request: Request, parameters: int, *, progress: ProgressFn, canc
         step += 1
     models = [request.base, *request.quants, *made]
     rows = []
+    gpu_layers = request.n_gpu_layers
+    if gpu_layers is None:  # the base is the largest model: what fits for it fits for every quant
+        from desktop.llama.gpu_layers import planned_gpu_layers
+
+        gpu_layers = planned_gpu_layers(request.base, request.n_ctx)
     common: dict[str, Any] = {"base_path": request.base, "text_path": request.text_path, "n_ctx": request.n_ctx,
-                              "max_chunks": request.max_chunks}
+                              "max_chunks": request.max_chunks, "n_gpu_layers": gpu_layers}
     for index, path in enumerate(models):
         check_cancelled(cancelled)
         label = "the base" if index == 0 else _type_label(Path(path))

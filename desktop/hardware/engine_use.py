@@ -89,3 +89,12 @@ def vendor_of(name: str) -> str:
         if any(w in lowered for w in words):
             return vendor
     return "Unknown"
+
+
+def engine_use_sentence(gpu: object, engine: str) -> str:
+    """For a report's GPU: whether the selected engine uses it, and if not the one action that fixes it."""
+    name = engine or "cpu"
+    if getattr(gpu, "engine_uses", None):
+        slow = " (a software device: for tests; slower than the CPU engine)" if getattr(gpu, "software", False) else ""
+        return f"used by the {name} engine{slow}"
+    return f"NOT used by the {name} engine. {getattr(gpu, 'fix', '')}".strip()

@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 
 from desktop.hardware.engine_use import fix_for, is_software, pci_gpus, same_gpu, vendor_of
+from desktop.llama.engines import loaded_library_dir
 
 log = logging.getLogger(__name__)
 
@@ -304,19 +305,10 @@ def collect_nvidia(nvml: ModuleType | None = None) -> tuple[list[GpuInfo], str]:
 # ---------------------------------------------------------------- llama.cpp's own view
 
 
-def llama_library_dir() -> Path:
-    """The folder llama-cpp-python loads libllama from: ``LLAMA_CPP_LIB_PATH`` (an engine QuantDesk built, set for
-    this child process) or its own package folder (pip's build)."""
-    import llama_cpp
-
-    override = os.environ.get("LLAMA_CPP_LIB_PATH")
-    return Path(override) if override else Path(llama_cpp.__file__).parent / "lib"
-
-
 def _ggml_library() -> Any:
     from llama_cpp._ctypes_extensions import load_shared_library
 
-    lib = load_shared_library("ggml", llama_library_dir())
+    lib = load_shared_library("ggml", loaded_library_dir())  # the selected engine's, not always pip's
     lib.ggml_backend_dev_count.restype = ctypes.c_size_t
     lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
     lib.ggml_backend_dev_get.restype = ctypes.c_void_p
@@ -350,7 +342,7 @@ def collect_llama() -> LlamaBuild:
     from desktop.llama.engines import environment_engine_name
 
     build.engine = environment_engine_name({"LLAMA_CPP_LIB_PATH": os.environ.get("LLAMA_CPP_LIB_PATH")})
-    build.lib_dir = str(llama_library_dir())
+    build.lib_dir = str(loaded_library_dir())
     llama_cpp.llama_backend_init()
     build.supports_gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
     build.system_info = _text(llama_cpp.llama_print_system_info()).strip()

@@ -21,22 +21,17 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import tarfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
-
-import platformdirs
 
 from desktop import paths
 from desktop.errors import Cancelled, UserError
 from desktop.jobs import CancelledFn, ProgressFn
+from desktop.llama.build_run import BuildProgress, run_logged
+from desktop.llama.build_source import fetch_sdist, unpack_source
 from desktop.llama.engines import MANIFEST, cache_root, engine_name, engines_dir, library_version
 from desktop.llama.toolchain import Toolchain, check_toolchain, machine_tag
 
@@ -45,28 +40,12 @@ try:
 except ImportError:  # Windows: no flock; two builds of one engine at once are then the user's own doing
     fcntl = None  # type: ignore[assignment]
 
-SDIST_ENV = "QUANTDESK_LLAMA_SDIST"  # a llama_cpp_python-<version>.tar.gz to use instead of fetching one
 BACKENDS = ("vulkan", "cuda")
-_MAX_SOURCE_BYTES = 2 * 2**30  # unpacked sdist bound; the real one is ~300 MB
-
-_NINJA = re.compile(r"^\[(\d+)/(\d+)\]")
-_MAKE = re.compile(r"^\[\s*(\d+)%\]")
 
 
 def cache_key(backend: str, version: str, cuda_arch: str = "") -> str:
     key = f"{machine_tag()}/{engine_name(backend, version)}"
     return f"{key}-sm{cuda_arch}" if cuda_arch else key
-
-
-def parse_progress(line: str) -> tuple[int, int] | None:
-    """``(done, total)`` from a Ninja ``[12/345]`` or Make ``[ 45%]`` line, else None."""
-    match = _NINJA.match(line)
-    if match:
-        return int(match.group(1)), int(match.group(2))
-    match = _MAKE.match(line)
-    if match:
-        return int(match.group(1)), 100
-    return None
 
 
 def shared_libraries(folder: Path) -> list[Path]:
@@ -75,152 +54,9 @@ def shared_libraries(folder: Path) -> list[Path]:
     return sorted({p for pattern in patterns for p in folder.glob(pattern)})
 
 
-class BuildProgress:
-    """The build's fraction done from its own status lines. Ninja prints ``[done/total]``; the Vulkan shader
-    generator is a nested build whose ``[1/2]`` lines come inside the outer build's output, so only lines with the
-    outer (largest) total count, and the fraction never goes back."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.fraction = 0.0
-
-    def feed(self, line: str) -> float | None:
-        """The new fraction (0..1) when ``line`` moved it, else None."""
-        found = parse_progress(line)
-        if not found or found[1] <= 0 or found[1] < self.total:
-            return None
-        self.total = found[1]
-        fraction = min(1.0, found[0] / found[1])
-        if fraction <= self.fraction:
-            return None
-        self.fraction = fraction
-        return fraction
-
-
 # ---------------------------------------------------------------- the source
 
 
-def _safe_members(tar: tarfile.TarFile, root: str) -> list[tarfile.TarInfo]:
-    """Members under ``root/``, regular files and folders only, bounded in total size (the archive is untrusted)."""
-    members, total = [], 0
-    for member in tar:
-        if not (member.name == root or member.name.startswith(root + "/")) or ".." in Path(member.name).parts:
-            continue
-        if not (member.isfile() or member.isdir()):
-            continue
-        total += member.size
-        if total > _MAX_SOURCE_BYTES:
-            raise UserError("The llama-cpp-python source archive is larger than expected.", "Delete it and retry.")
-        members.append(member)
-    return members
-
-
-def fetch_sdist(version: str, log: IO[str], cancelled: CancelledFn) -> Path:
-    """The sdist of ``version``: ``QUANTDESK_LLAMA_SDIST``, the shared cache, or ``pip download`` into the cache."""
-    if os.environ.get(SDIST_ENV):
-        return Path(os.environ[SDIST_ENV])
-    folder = cache_root() / "sources"
-    archive = folder / f"llama_cpp_python-{version}.tar.gz"
-    if archive.exists():
-        return archive
-    folder.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
-            f"llama-cpp-python=={version}", "-d", str(folder)]
-    code = run_logged(argv, log, cancelled)
-    if code != 0 or not archive.exists():
-        raise UserError(
-            f"pip could not fetch the source of llama-cpp-python {version}.",
-            f"Check the internet connection, or download llama_cpp_python-{version}.tar.gz and set {SDIST_ENV} to it.",
-        )
-    return archive
-
-
-def unpack_source(archive: Path, work: Path, version: str) -> Path:
-    """Unpack the sdist into ``work/src`` once; returns the vendored llama.cpp folder."""
-    root = f"llama_cpp_python-{version}"
-    source = work / "src" / root / "vendor" / "llama.cpp"
-    if (source / "CMakeLists.txt").exists():
-        return source
-    shutil.rmtree(work / "src", ignore_errors=True)
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(work / "src", members=_safe_members(tar, root), filter="data")
-    except (OSError, tarfile.TarError) as exc:
-        shutil.rmtree(work / "src", ignore_errors=True)
-        raise UserError(f"The llama-cpp-python source archive could not be unpacked ({exc}).",
-                        f"Delete {archive} and retry.") from exc
-    if not (source / "CMakeLists.txt").exists():
-        raise UserError(f"{archive.name} does not contain llama.cpp's source.", f"Delete {archive} and retry.")
-    return source
-
-
-# ---------------------------------------------------------------- running the build
-
-
-def run_logged(
-    argv: list[str],
-    log: IO[str],
-    cancelled: CancelledFn,
-    on_line: Callable[[str], None] | None = None,
-    env: dict[str, str] | None = None,
-    cwd: Path | None = None,
-) -> int:
-    """Run ``argv`` in its own process group, every output line to ``log`` (and ``on_line``). Cancel kills the
-    whole group (CMake, Ninja and every compiler under them) and raises :class:`Cancelled`."""
-    log.write(f"$ {' '.join(argv)}\n")
-    log.flush()
-    kwargs: dict[str, Any] = {}
-    if sys.platform == "win32":
-        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-    else:
-        kwargs["start_new_session"] = True
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            text=True, errors="replace", bufsize=1, env=env, cwd=cwd, **kwargs)
-    assert proc.stdout is not None
-    import threading
-
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.wait(0.2):
-            if cancelled():
-                kill_tree(proc)
-                return
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        for line in proc.stdout:
-            log.write(line)
-            if on_line is not None:
-                on_line(line.rstrip("\n"))
-        code = proc.wait()
-    finally:
-        stop.set()
-        watcher.join()
-        if proc.poll() is None:
-            kill_tree(proc)
-    log.flush()
-    if cancelled():
-        raise Cancelled()
-    return code
-
-
-def kill_tree(proc: subprocess.Popen[str]) -> None:
-    if sys.platform == "win32":
-        subprocess.run(["taskkill", "/T", "/F", "/PID", str(proc.pid)], capture_output=True)
-    else:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(3)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-    proc.wait()
 
 
 def cmake_arguments(backend: str, chain: Toolchain, cuda_arch: str = "") -> list[str]:
@@ -348,7 +184,7 @@ def compile_into_cache(plan: BuildPlan, progress: ProgressFn, cancelled: Cancell
         def on_line(line: str) -> None:
             share = tracker.feed(line)
             if share is not None:
-                progress(5 + 93 * share, 100, "Compiling")
+                progress(5 + 93 * share, 100, line[:200])  # the build's own status line: "[123/402] Building ..."
 
         argv = ["cmake", "--build", str(build), "--config", "Release", "--target", "llama", "-j", str(plan.jobs)]
         code = run_logged(argv, log, cancelled, on_line=on_line, env=env)
@@ -379,6 +215,35 @@ def compile_into_cache(plan: BuildPlan, progress: ProgressFn, cancelled: Cancell
         shutil.rmtree(build, ignore_errors=True)  # hundreds of MB of objects; the source stays for a rebuild
         log.write(f"Built in {manifest['build_seconds']} s into {entry}\n")
         return entry
+
+
+def build_llama_bench(plan: BuildPlan, progress: ProgressFn, cancelled: CancelledFn, log: IO[str]) -> Path:
+    """llama.cpp's ``llama-bench`` from the same source and flags as the engine (for bench/gpu.py's reference), in
+    its own build folder next to the engine's. Returns the program's path; it finds its libraries beside it."""
+    work = cache_root() / "work" / plan.key
+    source = unpack_source(fetch_sdist(plan.version, log, cancelled), work, plan.version)
+    build = work / "build-bench"
+    program = build / "bin" / ("llama-bench.exe" if sys.platform == "win32" else "llama-bench")
+    chain = check_toolchain(plan.backend)
+    if not chain.ok:
+        raise UserError(f"This machine cannot build llama-bench for {plan.backend.upper()}.\n{chain.advice()}")
+    args = [a for a in cmake_arguments(plan.backend, chain, plan.cuda_arch)
+            if a not in ("-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_COMMON=OFF")]
+    env = dict(os.environ, NINJA_STATUS="[%f/%t] ")
+    if run_logged(["cmake", "-S", str(source), "-B", str(build), *args, "-DLLAMA_BUILD_TOOLS=ON",
+                   "-DLLAMA_BUILD_COMMON=ON"], log, cancelled, env=env) != 0:
+        raise _build_failed(plan, "configure", log)
+    tracker = BuildProgress()
+
+    def on_line(line: str) -> None:
+        share = tracker.feed(line)
+        if share is not None:
+            progress(share, 1, line[:200])
+
+    if run_logged(["cmake", "--build", str(build), "--config", "Release", "--target", "llama-bench", "-j",
+                   str(plan.jobs)], log, cancelled, on_line=on_line, env=env) != 0 or not program.exists():
+        raise _build_failed(plan, "build", log)
+    return program
 
 
 def _build_failed(plan: BuildPlan, stage: str, log: IO[str]) -> UserError:

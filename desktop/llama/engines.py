@@ -67,6 +67,14 @@ def pip_library_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "lib"
 
 
+def loaded_library_dir() -> Path:
+    """The folder llama-cpp-python loads (or loaded) libllama from in this process: ``LLAMA_CPP_LIB_PATH`` (an engine
+    QuantDesk built, set for this child) or pip's own. Code that opens libggml itself must open it from here, or it
+    gets a second, different copy."""
+    override = os.environ.get("LLAMA_CPP_LIB_PATH")
+    return Path(override) if override else pip_library_dir()
+
+
 @dataclass
 class SmokeResult:
     ok: bool
@@ -219,6 +227,17 @@ def selected_engine(data_dir: Path | None = None) -> Engine:
     return min(usable, key=lambda e: _PREFERENCE.get(e.backend, 9))
 
 
+def describe_engines(data_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The engines as plain data for a page or ``engine list --json``: name, label, backend, status, usable,
+    selected (what children run on now) and chosen (picked by the user rather than automatically)."""
+    engines = list_engines(data_dir)
+    selected = selected_engine(data_dir).name
+    chosen = chosen_name(data_dir)
+    return [{"name": e.name, "label": e.label, "backend": e.backend, "version": e.version, "path": str(e.lib_dir),
+             "built": e.built, "status": e.status(), "usable": e.usable, "selected": e.name == selected,
+             "chosen": e.name == chosen} for e in engines]
+
+
 def cpu_environment() -> dict[str, str | None]:
     """The child environment for pip's CPU build: no other build's path inherited."""
     return {"LLAMA_CPP_LIB_PATH": None}
@@ -250,6 +269,18 @@ def environment_engine_name(env: dict[str, str | None] | None) -> str:
             return CPU
     lib = env.get("LLAMA_CPP_LIB_PATH")
     return Path(lib).parent.name if lib else CPU
+
+
+def offload_shortfall(requested_layers: int, memory: dict[str, Any] | None, engine: str) -> str:
+    """The sentence for a load that was asked to put layers on a GPU and put none there (llama.cpp reported no GPU
+    buffer), or "" when it did or was not asked. Such a load is never passed off as offloaded."""
+    if requested_layers == 0 or (memory or {}).get("gpus"):
+        return ""
+    if engine in ("", CPU):
+        return ("No layer went to the GPU: the CPU engine cannot offload. Build the Vulkan engine on the Hardware "
+                "page (or: quantdesk engine build vulkan).")
+    return (f"No layer went to the GPU: the {engine} engine found no GPU it can use, so the model runs on the CPU. "
+            "The Hardware page says what to install.")
 
 
 def apply_environment(changes: dict[str, str | None], environ: dict[str, str] | None = None) -> dict[str, str]:

@@ -89,9 +89,9 @@ def run_smoke_test(
 ) -> SmokeResult:
     """Test ``engine`` on this machine and store the result. Never raises for a failing engine: the result says
     what went wrong in one sentence (a crash, no layer on the GPU, tokens that differ from the CPU's)."""
-    from desktop.demo_model import ensure_demo_model
+    from desktop.chat_model import ensure_chat_model
 
-    model = model or ensure_demo_model()
+    model = model or ensure_chat_model()  # the bundled instruct model: small, and on every install
     started = time.monotonic()
     progress(0, 3, "Generating on the CPU for reference")
     try:

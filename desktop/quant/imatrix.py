@@ -202,6 +202,7 @@ def compute_imatrix(
     max_chunks: int | None = None,
     threads: int | None = None,
     grace_s: float = 5.0,
+    n_gpu_layers: int = 0,
 ) -> Path:
     """Compute an importance matrix for ``model`` from ``text`` (None: the bundled sample) in a child process and
     save it at ``out``. ``progress(chunk, n_chunks, "chunk 3/20")`` (speed and ETA are made where they are shown);
@@ -228,6 +229,7 @@ def compute_imatrix(
             "n_ctx": int(n_ctx),
             "max_chunks": max_chunks,
             "threads": threads or max(1, os.cpu_count() or 1),
+            "n_gpu_layers": int(n_gpu_layers),
         },
         progress=progress,
         cancelled=cancelled,
@@ -272,11 +274,11 @@ class _Ggml:
     """The few ggml functions the collector needs, from libggml-base."""
 
     def __init__(self) -> None:
-        import llama_cpp
         from llama_cpp import _ctypes_extensions
 
-        lib_dir = Path(llama_cpp.__file__).resolve().parent / "lib"
-        self.lib = _ctypes_extensions.load_shared_library("ggml-base", lib_dir)
+        from desktop.llama.engines import loaded_library_dir
+
+        self.lib = _ctypes_extensions.load_shared_library("ggml-base", loaded_library_dir())  # the engine's copy
         self.lib.ggml_op_name.restype = ctypes.c_char_p
         self.lib.ggml_op_name.argtypes = [ctypes.c_int]
         self.lib.ggml_backend_buffer_is_host.restype = ctypes.c_bool
@@ -413,12 +415,13 @@ class _LlamaLog:
             self.errors.append(text.decode(errors="replace").strip())
 
 
-def load_model_for_eval(model_path: str) -> Any:
+def load_model_for_eval(model_path: str, n_gpu_layers: int = 0) -> Any:
     """Load a GGUF for evaluation with CPU repacking off (it crashes Q4_K prompt decoding on AMX machines)."""
     import llama_cpp
 
     params = llama_cpp.llama_model_default_params()
     params.use_extra_bufts = False
+    params.n_gpu_layers = n_gpu_layers
     model = llama_cpp.llama_model_load_from_file(model_path.encode(), params)
     if not model:
         raise UserError(f"llama.cpp could not load {Path(model_path).name}; it may be damaged or of an unsupported "
@@ -450,13 +453,14 @@ def run_job(
     n_ctx: int = 512,
     max_chunks: int | None = None,
     threads: int = 1,
+    n_gpu_layers: int = 0,
 ) -> dict[str, Any]:
     """Child side of :func:`compute_imatrix`: collect and save; returns a summary."""
     import llama_cpp
 
     llama_log = _LlamaLog()
     text = Path(text_path).read_text(encoding="utf-8", errors="replace")
-    model = load_model_for_eval(model_path)
+    model = load_model_for_eval(model_path, n_gpu_layers)
     ctx = None
     batch = None
     try:

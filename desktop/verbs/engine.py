@@ -57,20 +57,17 @@ def _printer() -> object:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from desktop.llama.engines import chosen_name, list_engines, selected_engine
+    from desktop.llama.engines import describe_engines
 
-    engines = list_engines()
-    selected = selected_engine()
+    engines = describe_engines()
     if args.json:
-        print(json.dumps([{"name": e.name, "backend": e.backend, "version": e.version, "path": str(e.lib_dir),
-                           "usable": e.usable, "selected": e.name == selected.name, "status": e.status()}
-                          for e in engines], indent=2))
+        print(json.dumps(engines, indent=2))
         return 0
     for engine in engines:
-        mark = "*" if engine.name == selected.name else " "
-        print(f"{mark} {engine.name:<16} {engine.label:<7} {engine.status()}")
-    how = "chosen by you" if chosen_name() == selected.name else "the best one that passed its test"
-    print(f"\nSelected: {selected.name} ({how}).")
+        print(f"{'*' if engine['selected'] else ' '} {engine['name']:<16} {engine['label']:<7} {engine['status']}")
+    selected = next(e for e in engines if e["selected"])
+    how = "chosen by you" if selected["chosen"] else "the best one that passed its test"
+    print(f"\nSelected: {selected['name']} ({how}).")
     return 0
 
 

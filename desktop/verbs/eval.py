@@ -22,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--ctx", type=int, default=512, help="context per chunk (default 512)")
     p.add_argument("--chunks", type=int, default=0, help="score at most N chunks (default: the whole text)")
     p.add_argument("--threads", type=int, default=0, help="threads (default: physical cores)")
+    p.add_argument("--gpu-layers", type=int, default=None,
+                   help="layers on the GPU (default: as many as fit on the GPUs the selected engine uses)")
     p.add_argument("--force", action="store_true", help="measure again even if a stored result exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
@@ -49,11 +51,14 @@ def format_result(r: object) -> str:
 def run(args: argparse.Namespace) -> int:
     from desktop.eval.measurements import measure
 
+    from desktop.llama.gpu_layers import planned_gpu_layers
+
+    gpu_layers = args.gpu_layers if args.gpu_layers is not None else planned_gpu_layers(args.model, args.ctx)
     progress = ProgressPrinter()
     try:
         result = measure(args.model, base_path=args.base, text_path=args.text, n_ctx=args.ctx,
-                         max_chunks=args.chunks, threads=args.threads, force=args.force, progress=progress,
-                         cancelled=lambda: False)
+                         max_chunks=args.chunks, threads=args.threads, n_gpu_layers=gpu_layers, force=args.force,
+                         progress=progress, cancelled=lambda: False)
     finally:
         progress.end()
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_result(result))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from desktop.hardware.engine_use import engine_use_sentence
 from desktop.hardware.report import HardwareReport, collect_report_on_engine
 from desktop.jobs import format_bytes
 
@@ -22,15 +23,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_report(report))
     return 0
-
-
-def engine_use_line(gpu: object, engine: str) -> str:
-    """Whether the selected engine uses this GPU, and the one action that fixes it when not."""
-    name = engine or "cpu"
-    if getattr(gpu, "engine_uses", None):
-        software = " (a software device: for tests; slower than the CPU engine)" if getattr(gpu, "software", False) else ""
-        return f"used by the {name} engine{software}"
-    return f"NOT used by the {name} engine. {getattr(gpu, 'fix', '')}".strip()
 
 
 def format_report(report: HardwareReport) -> str:
@@ -57,7 +49,7 @@ def format_report(report: HardwareReport) -> str:
             memory = f"{format_bytes(gpu.vram_free)} free of {format_bytes(gpu.vram_total)}" if gpu.vram_total else ""
             backend = f" ({gpu.backend})" if gpu.backend else ""
             lines.append(f"GPU {gpu.index}    {gpu.name}{backend}: {memory}{f'; {extra}' if extra else ''}")
-            lines.append(f"         {engine_use_line(gpu, report.llama.engine)}")
+            lines.append(f"         {engine_use_sentence(gpu, report.llama.engine)}")
     else:
         lines.append("GPU      none found")
     llama = report.llama

@@ -21,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--ctx", type=int, default=512, help="tokens per chunk (default 512)")
     p.add_argument("--chunks", type=int, help="use at most this many chunks")
     p.add_argument("--threads", type=int, help="threads (default: all cores)")
+    p.add_argument("--gpu-layers", type=int, default=None,
+                   help="layers on the GPU (default: as many as fit on the GPUs the selected engine uses)")
     p.set_defaults(func=run)
 
 
@@ -30,10 +32,13 @@ def run(args: argparse.Namespace) -> int:
     model = Path(args.model)
     out = Path(args.output) if args.output else model.with_name(model.name.removesuffix(".gguf") + ".imatrix.gguf")
 
+    from desktop.llama.gpu_layers import planned_gpu_layers
+
+    gpu_layers = args.gpu_layers if args.gpu_layers is not None else planned_gpu_layers(model, args.ctx)
     progress = ProgressPrinter(prefix="importance matrix: ")
     try:
         compute_imatrix(model, args.text, out, progress=progress, cancelled=lambda: False, n_ctx=args.ctx,
-                        max_chunks=args.chunks, threads=args.threads)
+                        max_chunks=args.chunks, threads=args.threads, n_gpu_layers=gpu_layers)
     finally:
         progress.end()
     print(out)

@@ -17,5 +17,9 @@ def run(args: argparse.Namespace) -> int:
     from desktop.app import selfcheck
 
     result = selfcheck()
+    from desktop.llama.engines import selected_engine
+
+    engine = selected_engine()
+    result["engine"] = f"{engine.name}: {engine.status()}"  # the llama.cpp build child processes run on
     print(json.dumps(result, indent=2))
     return 0 if all(result["checks"].values()) else 1

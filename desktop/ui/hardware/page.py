@@ -10,9 +10,11 @@ from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
 from desktop import memory
+from desktop.hardware.engine_use import engine_use_sentence
 from desktop.hardware.report import HardwareReport, UsageSample
 from desktop.jobs import JobError, format_bytes
 from desktop.process import run_in_child
+from desktop.ui.hardware.engine_card import EngineCard
 from desktop.ui.widgets import Card, KeyValueGrid, UsageBar, note_label
 from desktop.workers import Job, JobManager
 
@@ -71,6 +73,9 @@ class HardwarePage(QWidget):
         self.llama_grid = KeyValueGrid()
         self.llama_card.body.addWidget(self.llama_grid)
 
+        self.engine_card = EngineCard(jobs)
+        self.engine_card.sig_engine_changed.connect(self.refresh)  # the device list is the selected engine's
+
         self.graph_card = Card("Live usage (last minute)")
         self.plot = pg.PlotWidget(background=self.palette().base().color())
         self.plot.setFixedHeight(170)
@@ -93,10 +98,11 @@ class HardwarePage(QWidget):
         grid.addWidget(self.memory_card, 1, 1)
         grid.addWidget(self.gpu_card, 2, 0)
         grid.addWidget(self.llama_card, 2, 1)
-        grid.addWidget(self.graph_card, 3, 0, 1, 2)
+        grid.addWidget(self.engine_card, 3, 0, 1, 2)
+        grid.addWidget(self.graph_card, 4, 0, 1, 2)
         grid.setColumnStretch(0, 1)
         grid.setColumnStretch(1, 1)
-        grid.setRowStretch(4, 1)
+        grid.setRowStretch(5, 1)
 
         content = QWidget()
         content_layout = QVBoxLayout(content)
@@ -116,6 +122,7 @@ class HardwarePage(QWidget):
     def refresh(self) -> None:
         self.status.setText("Reading this machine’s hardware…")
         self.refresh_button.setEnabled(False)
+        self.engine_card.refresh()
         job = Job(
             "Read hardware",
             lambda progress, cancelled: run_in_child(
@@ -144,6 +151,7 @@ class HardwarePage(QWidget):
         self._show_gpus(report)
         self._show_llama(report)
         self._show_fits(report)
+        self.engine_card.set_has_nvidia(any(g.source == "nvml" for g in report.gpus))
         self.sig_report.emit(report)
 
     def _show_gpus(self, report: HardwareReport) -> None:
@@ -163,6 +171,7 @@ class HardwarePage(QWidget):
             if gpu.source == "estimate":
                 details.append("Metal limit estimated")
             grid.set_row("Memory", ", ".join(details))
+            grid.set_row("Engine", engine_use_sentence(gpu, report.llama.engine))
             self.gpu_box.addWidget(grid)
             bar = UsageBar("VRAM in use")
             bar.set_value(gpu.vram_used / gpu.vram_total if gpu.vram_total else 0, _used_text(gpu.vram_used, gpu.vram_total))
@@ -181,6 +190,7 @@ class HardwarePage(QWidget):
         if not llama.available:
             self.llama_grid.set_row("Status", llama.error or "llama-cpp-python is not available.")
             return
+        self.llama_grid.set_row("Engine", f"{llama.engine or 'cpu'} ({llama.lib_dir})")
         self.llama_grid.set_row("Version", f"llama-cpp-python {llama.version}")
         self.llama_grid.set_row(
             "GPU offload",
