@@ -8,6 +8,7 @@ from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -43,7 +44,6 @@ class ConversationList(QWidget):
         self.new_button.clicked.connect(self.sig_new)
         header = QHBoxLayout()
         header.addWidget(title, 1)
-        header.addWidget(self.new_button)
 
         self.list = QListWidget()
         self.list.setObjectName("conversationList")
@@ -67,10 +67,11 @@ class ConversationList(QWidget):
         self.export_button = QPushButton("Export…")
         self.export_button.setToolTip("Save the selected conversation as a Markdown file")
         self.export_button.clicked.connect(lambda: self._emit_current(self.sig_export))
-        buttons = QHBoxLayout()
+        buttons = QGridLayout()  # two rows, so the list stays narrow and the page fits a 1024-pixel window
         buttons.setSpacing(4)
-        for button in (self.rename_button, self.delete_button, self.export_button):
-            buttons.addWidget(button)
+        for index, button in enumerate((self.new_button, self.rename_button, self.delete_button, self.export_button)):
+            button.setObjectName("smallButton")
+            buttons.addWidget(button, index // 2, index % 2)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QTimer, Slot
-from PySide6.QtWidgets import QHBoxLayout, QVBoxLayout, QWidget
+from PySide6.QtCore import QSize, Qt, QTimer, Slot
+from PySide6.QtGui import QResizeEvent
+from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from desktop.chat.engine import ReplyMetrics
 
@@ -22,6 +23,8 @@ RAW_COLOR = "#93c5fd"
 SMOOTH_COLOR = "#2563eb"
 MARK_COLOR = "#f59e0b"
 HISTORY_COLOR = "#10b981"
+HISTORY_MIN_WIDTH = 480  # narrower than this, the graph shows the live curve only
+PLOT_MARGINS = (8, 8, 12, 6)  # left, top, right, bottom, around each plot's axes
 
 
 def _nice_step(value: float) -> float:
@@ -59,36 +62,51 @@ class SpeedGraph(QWidget):
         self.plot.setMouseEnabled(False, False)
         self.plot.hideButtons()
         self.plot.setLabel("left", "tok/s")
-        self.plot.setLabel("bottom", "seconds since the message was sent")
+        self.plot.setLabel("bottom", "seconds since sent")
         self.plot.showGrid(x=True, y=True, alpha=0.15)
-        legend_fill = pg.mkBrush(background.red(), background.green(), background.blue(), 210)
-        self.plot.addLegend(offset=(-8, -4), labelTextSize="8pt", brush=legend_fill)
         self.raw_curve = self.plot.plot(name="per token", pen=pg.mkPen(RAW_COLOR, width=1))
         self.smooth_curve = self.plot.plot(name=f"over {SMOOTH_TOKENS} tokens", pen=pg.mkPen(SMOOTH_COLOR, width=2))
         self.ttft_line = pg.InfiniteLine(angle=90, pen=pg.mkPen(MARK_COLOR, width=1, style=pg.QtCore.Qt.PenStyle.DashLine))
-        self.ttft_label = pg.TextItem(color=MARK_COLOR, anchor=(0, 0))
         self.plot.addItem(self.ttft_line, ignoreBounds=True)
-        self.plot.addItem(self.ttft_label, ignoreBounds=True)
         self.ttft_line.hide()
-        self.ttft_label.hide()
+        # The legend and the first-token note sit in a line above the plot, never over the curves.
+        self.legend = QLabel()
+        self._label_text = ""
+        self.legend.setObjectName("note")
+        self.legend.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.legend.setWordWrap(True)
+        self._legend_keys = (
+            f"<span style='color:{RAW_COLOR}'>&#9473;</span> per token &nbsp; "
+            f"<span style='color:{SMOOTH_COLOR}'>&#9473;</span> over {SMOOTH_TOKENS} tokens &nbsp; "
+            f"<span style='color:{MARK_COLOR}'>&#9482;</span> "
+        )
 
         self.history = pg.PlotWidget(background=background)
         self.history.setMouseEnabled(False, False)
         self.history.hideButtons()
         self.history.setLabel("left", "tok/s")
         self.history.setLabel("bottom", "reply")
-        self.history.setFixedWidth(190)
+        self.history.setFixedWidth(150)
         self.history.showGrid(y=True, alpha=0.15)
         self.history_bars = pg.BarGraphItem(x=[], height=[], width=0.6, brush=HISTORY_COLOR, pen=None)
         self.history.addItem(self.history_bars)
         self.history.getAxis("bottom").setTickSpacing(1, 1)
+        for widget in (self.plot, self.history):
+            # room around the axes: a tick label at the edge and the rotated axis title stay whole
+            widget.getPlotItem().layout.setContentsMargins(*PLOT_MARGINS)
+            widget.setMinimumHeight(90)
+            for name in ("left", "bottom"):
+                widget.getPlotItem().getAxis(name).enableAutoSIPrefix(False)  # "tok/s", never "tok/s (x0.001)"
 
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         left = QVBoxLayout()
-        left.addWidget(self.plot)
+        left.setSpacing(0)
+        left.addWidget(self.legend)
+        left.addWidget(self.plot, 1)
         layout.addLayout(left, 1)
         layout.addWidget(self.history)
+        self._set_legend("")
 
         self._t0 = 0.0
         self._stamps: list[float] = []
@@ -97,13 +115,17 @@ class SpeedGraph(QWidget):
         self._history: list[float] = []
         self._drawn_history: list[float] | None = None
         self._dirty = False
-        self._label_text = ""
         self._x_right = 0.0
         self._y_top = 0.0
         self.redraws = 0
         self._timer = QTimer(self)
         self._timer.setInterval(REDRAW_MS)
         self._timer.timeout.connect(self.redraw)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        # narrow: the live curve gets the whole width; the bars of earlier replies come back when there is room
+        self.history.setVisible(event.size().width() >= HISTORY_MIN_WIDTH)
 
     # ---- data in (cheap: no drawing here)
     def begin_reply(self, t0: float) -> None:
@@ -117,13 +139,10 @@ class SpeedGraph(QWidget):
         self._x_right = 2.0
         self.plot.setYRange(0, self._y_top, padding=0)
         self.plot.setXRange(0, self._x_right, padding=0)
-        # Likewise the first-token marker: shown now (its first paint lays out text), moved when the token comes.
-        self._label_text = " waiting for the first token…"
-        self.ttft_label.setText(self._label_text)
+        # Likewise the first-token marker: shown now, moved when the token comes.
+        self._set_legend("waiting for the first token…")
         self.ttft_line.setValue(0.0)
-        self.ttft_label.setPos(0.0, self._y_top)
         self.ttft_line.show()
-        self.ttft_label.show()
         self._dirty = True
         self._timer.start()
 
@@ -139,7 +158,7 @@ class SpeedGraph(QWidget):
             if metrics.ttft_s is not None:
                 self._ttft = metrics.ttft_s
             self._prompt_text = (
-                f" first token {self._ttft:.2f} s\n prompt {metrics.prompt_tokens} tok at "
+                f"first token {self._ttft:.2f} s · prompt {metrics.prompt_tokens} tok at "
                 f"{metrics.prompt_tokens_per_s:.0f} tok/s"
                 if self._ttft is not None
                 else ""
@@ -158,6 +177,13 @@ class SpeedGraph(QWidget):
         self._prompt_text = ""
         self._dirty = True
         self.redraw()
+
+    def _set_legend(self, note: str) -> None:
+        text = self._legend_keys + (f"<span style='color:{MARK_COLOR}'>{note}</span>" if note else "first token")
+        if text != self._label_text:  # the label relays out only when its text changes
+            self._label_text = text
+            self.legend.setText(text)
+            self.legend.setToolTip(note)
 
     def history_values(self) -> list[float]:
         return list(self._history)
@@ -178,15 +204,11 @@ class SpeedGraph(QWidget):
         self.smooth_curve.setData(x, smooth)
         if self._ttft is not None:
             self.ttft_line.setValue(self._ttft)
-            label = self._prompt_text or f" first token {self._ttft:.2f} s"
-            if label != self._label_text:
-                self._label_text = label
-                self.ttft_label.setText(label)
+            self._set_legend(self._prompt_text or f"first token {self._ttft:.2f} s")
             self.ttft_line.show()
-            self.ttft_label.show()
         elif not self._timer.isActive():
             self.ttft_line.hide()
-            self.ttft_label.hide()
+            self._set_legend("")
         if raw.size:
             # Ranges move in steps, not every frame: an axis whose range is unchanged keeps its cached picture,
             # and redrawing the tick labels is most of what a frame costs. The raw rate spikes when two tokens
@@ -201,7 +223,6 @@ class SpeedGraph(QWidget):
             if right > self._x_right or self._x_right > 4 * right + 2:
                 self._x_right = _nice_step(right * 1.25)
                 self.plot.setXRange(0, self._x_right, padding=0)
-            self.ttft_label.setPos(self._ttft or 0.0, self._y_top)
         if self._history != self._drawn_history:  # the bar chart changes once per reply, not per frame
             self._drawn_history = list(self._history)
             n = len(self._history)
@@ -212,31 +233,65 @@ class SpeedGraph(QWidget):
 
 
 class SpeedStats(QWidget):
-    """A row of figures for the last reply: caption above, value below; from llama.cpp's counters when done."""
+    """A row of figures for the last reply: caption above, value below; from llama.cpp's counters when done.
+
+    The figures wrap onto a second row when the row is narrower than they are, so a long figure never makes the
+    page wider than the window."""
 
     NAMES = ("Generation", "Prompt", "First token", "Reply", "Context")
+    SPACING = 18
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        from PySide6.QtWidgets import QLabel
-
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(18)
+        self._grid = QGridLayout(self)
+        self._grid.setContentsMargins(0, 0, 0, 0)
+        self._grid.setHorizontalSpacing(self.SPACING)
+        self._grid.setVerticalSpacing(4)
         self._values: dict[str, QLabel] = {}
+        self._cells: list[QWidget] = []
         for name in self.NAMES:
-            column = QVBoxLayout()
+            cell = QWidget()
+            column = QVBoxLayout(cell)
+            column.setContentsMargins(0, 0, 0, 0)
             column.setSpacing(0)
             caption = QLabel(name)
             caption.setObjectName("keyLabel")
             value = QLabel("–")
             value.setObjectName("statValue")
-            value.setTextInteractionFlags(value.textInteractionFlags() | pg.QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
+            value.setTextInteractionFlags(value.textInteractionFlags() | Qt.TextInteractionFlag.TextSelectableByMouse)
             column.addWidget(caption)
             column.addWidget(value)
-            layout.addLayout(column)
+            self._cells.append(cell)
             self._values[name] = value
-        layout.addStretch(1)
+        self._columns = 0
+        self._reflow(len(self.NAMES))
+
+    def _reflow(self, columns: int) -> None:
+        if columns == self._columns:
+            return
+        self._columns = columns
+        for cell in self._cells:
+            self._grid.removeWidget(cell)
+        for index, cell in enumerate(self._cells):
+            self._grid.addWidget(cell, index // columns, index % columns, Qt.AlignmentFlag.AlignLeft)
+        for column in range(len(self.NAMES) + 1):
+            self._grid.setColumnStretch(column, 1 if column == columns else 0)
+        self.updateGeometry()
+
+    def _fitting_columns(self, width: int) -> int:
+        widths = [cell.sizeHint().width() for cell in self._cells]
+        for columns in range(len(widths), 1, -1):
+            if sum(max(widths[c::columns]) for c in range(columns)) + self.SPACING * (columns - 1) <= width:
+                return columns
+        return 1
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        hint = super().minimumSizeHint()
+        return QSize(max(cell.sizeHint().width() for cell in self._cells), hint.height())
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._reflow(self._fitting_columns(event.size().width()))
 
     def value(self, name: str) -> str:
         return self._values[name].text()
@@ -244,6 +299,8 @@ class SpeedStats(QWidget):
     def set_value(self, name: str, text: str, tooltip: str = "") -> None:
         self._values[name].setText(text)
         self._values[name].setToolTip(tooltip)
+        if self._columns:
+            self._reflow(self._fitting_columns(self.width()))
 
     def show_metrics(self, m: ReplyMetrics) -> None:
         self.set_value("Generation", f"{m.generation_tokens_per_s:.1f} tok/s",

@@ -115,7 +115,6 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(scrolled(self.offload), "Model && memory")
         self.tabs.addTab(scrolled(self.settings), "Prompt && sampling")
-        self.tabs.setMinimumWidth(250)
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.conversations)
@@ -124,7 +123,7 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
         for index, stretch in enumerate((0, 1, 0)):
             self.splitter.setStretchFactor(index, stretch)
         self.splitter.setChildrenCollapsible(False)
-        self.splitter.setSizes([190, 560, 330])
+        self.splitter.setSizes([170, 600, 280])
         self.body.addWidget(self.splitter, 1)
         for keys, slot in {"Ctrl+N": self.new_conversation, "Ctrl+R": self.regenerate, "Esc": self.stop}.items():
             QShortcut(QKeySequence(keys), self, slot, context=Qt.ShortcutContext.WidgetWithChildrenShortcut)

@@ -7,7 +7,7 @@ minimum width that grows with the text it shows, so the page fits a 1024x640 win
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, QObject, QSize, Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QFrame,
@@ -54,7 +54,7 @@ class ModelBar(QWidget):
         super().__init__(parent)
         self.combo = QComboBox()
         self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.combo.setMinimumContentsLength(12)
+        self.combo.setMinimumContentsLength(8)
         self.combo.setToolTip("The model to chat with (from the library)")
         self.combo.currentIndexChanged.connect(self.sig_selected)
         self.load_button = QPushButton("Load")
@@ -114,16 +114,35 @@ class SpeedCard(QFrame):
         layout.addWidget(self.graph, 1)
 
 
+class SidePanel(QScrollArea):
+    """A vertical-only scroll area that is never narrower than its content's minimum, so nothing in it is cut
+    off at the right (its content grows after a load: the predicted-against-actual table)."""
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        hint = super().minimumSizeHint()
+        inner = self.widget()
+        if inner is None:
+            return hint
+        bar = self.verticalScrollBar().sizeHint().width()
+        return QSize(inner.minimumSizeHint().width() + bar + 2 * self.frameWidth(), hint.height())
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()  # the content's minimum may have changed: let the splitter make room
+        return super().eventFilter(watched, event)
+
+
 def scrolled(widget: QWidget) -> QScrollArea:
     """``widget`` in a vertical-only scroll area (a side panel that may be taller than the window)."""
-    area = QScrollArea()
+    area = SidePanel()
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     area.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Ignored)
     holder = QWidget()
     layout = QVBoxLayout(holder)
-    layout.setContentsMargins(12, 10, 12, 10)
+    layout.setContentsMargins(6, 10, 6, 10)
     layout.addWidget(widget)
     area.setWidget(holder)
+    holder.installEventFilter(area)
     return area

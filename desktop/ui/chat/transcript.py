@@ -7,11 +7,13 @@ did not change are left alone, so the cost is one Markdown parse of the last seg
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 
-from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QFontDatabase, QGuiApplication, QKeyEvent, QResizeEvent
+from PySide6.QtCore import Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QFontDatabase, QGuiApplication, QKeyEvent, QResizeEvent, QTextDocument
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -25,6 +27,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+log = logging.getLogger(__name__)
+
+WEB_SCHEMES = ("http", "https")
+MARKDOWN = QTextDocument.MarkdownFeature(
+    QTextDocument.MarkdownFeature.MarkdownDialectGitHub.value | QTextDocument.MarkdownFeature.MarkdownNoHTML.value
+)
+_SOFT_BREAK = re.compile(r"(?<=[^\n])[ \t]*\n(?=[^\n])")  # a newline alone between two non-empty lines
 _FENCE = re.compile(r"^[ \t]{0,3}(```+|~~~+)[ \t]*([\w+#.-]*)[^\n]*$", re.MULTILINE)
 ROLE_NAMES = {"user": "You", "assistant": "Assistant", "system": "System"}
 
@@ -62,12 +71,22 @@ def split_markdown(text: str) -> list[Segment]:
     return segments
 
 
+def hard_breaks(markdown: str) -> str:
+    """Each single line break the model wrote stays a line break on screen (Markdown would join the lines)."""
+    return _SOFT_BREAK.sub("  \n", markdown)
+
+
 class AutoHeightBrowser(QTextBrowser):
-    """A read-only text view as tall as its content, so the transcript scrolls as one page."""
+    """A read-only text view as tall as its content, so the transcript scrolls as one page.
+
+    The text is the model's, so untrusted: Markdown without raw HTML, no images or other resources loaded, and a
+    click on a link opens it in the browser only for http and https (the browser itself never navigates)."""
 
     def __init__(self, parent: QWidget | None = None, *, wrap: bool = True) -> None:
         super().__init__(parent)
-        self.setOpenExternalLinks(True)
+        self.setOpenLinks(False)
+        self.setOpenExternalLinks(False)
+        self.anchorClicked.connect(open_web_link)
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         if not wrap:
@@ -90,10 +109,24 @@ class AutoHeightBrowser(QTextBrowser):
         if height != self.height():
             self.setFixedHeight(max(height, 18))
 
+    def set_markdown(self, markdown: str) -> None:
+        self.document().setMarkdown(hard_breaks(markdown), MARKDOWN)
+
+    def loadResource(self, kind: int, name: QUrl) -> Any:  # noqa: N802 - Qt override
+        return None  # an image in a reply would read a local file (or be a tracker): none are loaded
+
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
         super().resizeEvent(event)
         if event.size().width() != event.oldSize().width():
             self._fit()
+
+
+def open_web_link(url: QUrl) -> bool:
+    """Open a link from a reply in the user's browser: http and https only; any other scheme is ignored."""
+    if url.scheme().lower() not in WEB_SCHEMES or not url.host():
+        log.info("a link with the scheme %r in a reply was not opened", url.scheme()[:20])
+        return False
+    return QDesktopServices.openUrl(url)
 
 
 class CodeBlock(QFrame):
@@ -194,7 +227,7 @@ class MessageBubble(QFrame):
         if isinstance(widget, CodeBlock):
             widget.set_code(segment.content, segment.language)
         elif isinstance(widget, AutoHeightBrowser):
-            widget.setMarkdown(segment.content)
+            widget.set_markdown(segment.content)
 
     def code_blocks(self) -> list[CodeBlock]:
         return [w for _, w in self._segments if isinstance(w, CodeBlock)]
