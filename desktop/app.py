@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
+import threading
 
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
@@ -21,11 +22,38 @@ def _setup_logging() -> None:
     logging.getLogger().setLevel(logging.INFO)
 
 
+def housekeeping() -> list[str]:
+    """What a start cleans up, off the GUI thread: partial files of QuantDesk instances that are gone (a killed
+    window's quantization) and old per-job logs. Returns the partial files removed."""
+    from desktop import settings
+    from desktop.fileio import sweep_stale_partials
+    from desktop.process import prune_job_logs
+
+    removed = sweep_stale_partials((settings.models_dir(),))
+    for path in removed:
+        logging.getLogger(__name__).info("removed %s, left by a QuantDesk that did not finish", path)
+    prune_job_logs(paths.logs_dir())
+    return [str(p) for p in removed]
+
+
+def start_housekeeping() -> threading.Thread:
+    def run() -> None:
+        try:
+            housekeeping()
+        except Exception:  # noqa: BLE001 - cleaning up must never stop the window from opening
+            logging.getLogger(__name__).exception("start-up clean-up failed")
+
+    thread = threading.Thread(target=run, name="quantdesk-housekeeping", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_app(argv: list[str] | None = None) -> int:
     from desktop.ui.main_window import MainWindow
     from desktop.ui.theme import follow_system
 
     _setup_logging()
+    start_housekeeping()
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
     app.setApplicationName(APP_NAME)
     app.setApplicationVersion(__version__)

@@ -199,7 +199,7 @@ class RateMeter:
     "3 min 38 s left"."""
 
     def __init__(self, window_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
-                 warmup_s: float = 3.0) -> None:
+                 warmup_s: float = 2.0) -> None:
         self._window = window_s
         self._warmup = warmup_s
         self._clock = clock
@@ -239,7 +239,7 @@ class ProgressTracker:
     bytes), the ETA of the whole job, and one line of text. The status area, the pages and the CLI printer all use
     it, so a job's progress reads the same everywhere."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, warmup_s: float = 3.0) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, warmup_s: float = 2.0) -> None:
         self.last = Progress()
         self._overall = RateMeter(clock=clock, warmup_s=warmup_s)  # on the whole job's fraction: the ETA
         self._step = RateMeter(clock=clock, warmup_s=0.5)  # on the step's bytes: the speed
@@ -273,7 +273,7 @@ class ProgressTracker:
             return None
         return self._overall.eta(1.0)
 
-    def line(self, *, with_eta: bool = True) -> str:
+    def line(self, *, with_eta: bool = True, with_percent: bool = False) -> str:
         """"Q4_K_M (2/3) · [12/201] blk.3.ffn_down.weight → q4_K · 120.0 MB of 512.0 MB · 45.2 MB/s · 8 s left"."""
         p = self.last
         parts = []
@@ -281,6 +281,8 @@ class ProgressTracker:
             parts.append(f"{p.step} ({p.index + 1}/{p.count})")
         elif p.step:
             parts.append(p.step)
+        if with_percent and self.fraction is not None:
+            parts.append(f"{int(100 * self.fraction)}%")
         if p.note:
             parts.append(p.note)
         if p.unit == "B" and p.total > 0:
@@ -338,7 +340,7 @@ class ProgressPrinter:
         self.tracker.update(report)
         if self.quiet:
             return
-        line = self.prefix + self.tracker.line()
+        line = self.prefix + self.tracker.line(with_percent=True)
         if self._tty:
             now = self._clock()
             finished = report.fraction is not None and report.fraction >= 1.0

@@ -1,21 +1,65 @@
 """The local model library: a SQLite table of the GGUF files QuantDesk knows, with what each one is.
 
-Rows are written when a model is added (demo model, download, import, conversion, quantization) and read by the
-Models page. Each call opens its own connection, so any worker thread may use a :class:`Library`.
+Rows are written when a model is added (demo model, download, import, conversion, quantization: all through
+:func:`register` or :meth:`Library.add_file`) and read by the Models and Quantize pages. Each call opens its own
+connection, so any worker thread may use a :class:`Library`.
+
+Every change is announced to the callables given to :func:`subscribe` (from the thread that made it), so the pages
+follow the library instead of each keeping a list of their own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from desktop import paths
 from desktop.db import transaction
 from desktop.gguf.reader import read_gguf
+
+log = logging.getLogger(__name__)
+
+_listeners: list[Callable[[], None]] = []
+_listeners_lock = threading.Lock()
+
+
+def subscribe(listener: Callable[[], None]) -> None:
+    """Call ``listener()`` after every change to the library (from the thread that made it)."""
+    with _listeners_lock:
+        _listeners.append(listener)
+
+
+def unsubscribe(listener: Callable[[], None]) -> None:
+    with _listeners_lock, contextlib.suppress(ValueError):
+        _listeners.remove(listener)
+
+
+def _changed() -> None:
+    with _listeners_lock:
+        listeners = list(_listeners)
+    for listener in listeners:
+        try:
+            listener()
+        except Exception:  # noqa: BLE001 - a listener's bug must not undo the change
+            log.exception("library listener failed")
+
+
+def register(path: Path | str, *, source: str, quant_type: str | None = None,
+             imatrix: str | None = None) -> ModelEntry | None:
+    """Add a file QuantDesk just made to the library: the one registration path of conversion, quantization and
+    downloads. A failure only costs the listing (the file is made), so it is logged, not raised."""
+    try:
+        return Library().add_file(path, source=source, quant_type=quant_type, imatrix=imatrix)
+    except Exception:  # noqa: BLE001 - the file is written; the listing can be made later with "Add GGUF"
+        log.warning("could not add %s to the library", path, exc_info=True)
+        return None
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -130,6 +174,7 @@ class Library:
             )
         entry = self.get_by_path(path)
         assert entry is not None
+        _changed()
         return entry
 
     def models(self) -> list[ModelEntry]:
@@ -150,16 +195,17 @@ class Library:
         return _entry(row) if row else None
 
     def remove(self, model_id: int, *, delete_file: bool = False) -> None:
-        """Forget a model; with ``delete_file`` also delete it (and its shards) from disk."""
+        """Forget a model; with ``delete_file`` first delete it (and its shards) from disk (see
+        :func:`delete_model_files`). The row goes only once the files are gone: a failed delete keeps it listed."""
         with self._connect() as db:
             row = db.execute("SELECT path FROM models WHERE id = ?", (model_id,)).fetchone()
+        if row is None:
+            return
+        if delete_file:
+            delete_model_files(Path(row[0]))
+        with self._connect() as db:
             db.execute("DELETE FROM models WHERE id = ?", (model_id,))
-        if row and delete_file:
-            from desktop.gguf.reader import shard_paths
-
-            for shard in shard_paths(Path(row[0])):
-                with contextlib.suppress(FileNotFoundError):
-                    shard.unlink()
+        _changed()
 
     # ---- checkpoint folders
     def add_checkpoint(self, folder: Path | str, source: str = "imported folder", name: str | None = None) -> CheckpointEntry:
@@ -195,6 +241,7 @@ class Library:
                 ),
             )
             row = db.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE path = ?", (str(folder),)).fetchone()
+        _changed()
         return CheckpointEntry(row[0], Path(row[1]), *row[2:])
 
     def checkpoints(self) -> list[CheckpointEntry]:
@@ -206,6 +253,7 @@ class Library:
         """Forget a checkpoint folder; the folder itself is never deleted from here."""
         with self._connect() as db:
             db.execute("DELETE FROM checkpoints WHERE id = ?", (checkpoint_id,))
+        _changed()
 
     def sync_hf_cache(self) -> list[str]:
         """List every convertible checkpoint in the Hugging Face cache (offline); returns sentences for the
@@ -214,9 +262,10 @@ class Library:
         from desktop.hub.search import cached_repos
 
         skipped = []
+        known = {str(e.path) for e in self.checkpoints()}
         for repo in cached_repos():
-            if repo.kind != "checkpoint":
-                continue
+            if repo.kind != "checkpoint" or os.path.abspath(repo.snapshot_dir) in known:
+                continue  # listed already: no change, no notification (the pages reload on one)
             try:
                 self.add_checkpoint(repo.snapshot_dir, source=f"Hugging Face: {repo.repo_id}",
                                     name=repo.repo_id.rsplit("/", 1)[-1])
@@ -227,6 +276,55 @@ class Library:
     def is_empty(self) -> bool:
         with self._connect() as db:
             return db.execute("SELECT COUNT(*) FROM models").fetchone()[0] == 0
+
+
+def in_models_folder(path: Path | str) -> bool:
+    """Whether ``path`` (not resolved) lies in QuantDesk's models folder; anything else is deleted only after a
+    second confirmation."""
+    from desktop import settings
+
+    folder = os.path.abspath(settings.models_dir())
+    return os.path.abspath(path).startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def delete_model_files(path: Path) -> int:
+    """Delete a model's files (every shard) and return the bytes freed. In the Hugging Face cache a model file is
+    a link to a shared blob: the link goes, and the blob too once no snapshot of the repo links to it any more
+    (otherwise the gigabytes would stay). Raises UserError when a file cannot be deleted; nothing is forgotten
+    then."""
+    from desktop.errors import UserError
+    from desktop.gguf.reader import shard_paths
+    from desktop.naming import hf_cache_repo
+
+    freed = 0
+    for shard in shard_paths(Path(path)):
+        try:
+            if hf_cache_repo(shard) is not None and shard.is_symlink():
+                freed += _delete_cache_link(shard)
+            elif os.path.lexists(shard):
+                freed += shard.lstat().st_size
+                shard.unlink()
+        except OSError as exc:
+            raise UserError(f"QuantDesk could not delete {shard.name} ({exc.strerror or exc}).",
+                            "Check that no other program uses it and that you may change its folder.",
+                            kind="delete_failed") from exc
+    return freed
+
+
+def _delete_cache_link(link: Path) -> int:
+    """Unlink a snapshot link; delete its blob when no other snapshot of the repo links to it."""
+    repo_root = next(p.parent for p in link.parents if p.name == "snapshots")
+    blob = Path(os.path.realpath(link))
+    link.unlink()
+    blobs = os.path.realpath(repo_root / "blobs")
+    if not str(blob).startswith(blobs + os.sep) or not blob.is_file():
+        return 0  # not a blob of this repo: never follow a link out of it
+    for other in (repo_root / "snapshots").rglob("*"):
+        if other.is_symlink() and os.path.realpath(other) == str(blob):
+            return 0  # another revision still uses it
+    size = blob.stat().st_size
+    blob.unlink()
+    return size
 
 
 _CHECKPOINT_COLUMNS = (

@@ -1,5 +1,8 @@
 """Run a job in a child process, so a native crash cannot close the window and cancel can always stop it.
 
+(A little over 400 lines: the protocol, the parent's runner and the child's main are one piece; how children die
+with their parent is in :mod:`desktop.lifeline`.)
+
 Protocol (tuples over a duplex ``multiprocessing`` pipe, spawn start method on every platform):
 
 child -> parent
@@ -37,14 +40,16 @@ import signal
 import sys
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from desktop import lifeline
 from desktop.errors import Cancelled
-from desktop.fileio import remove_quietly
+from desktop.fileio import instance_tag, remove_quietly
 from desktop.jobs import CancelledFn, JobError, JobFailed, ProgressFn, error_from_exception, with_fields
 
 log = logging.getLogger(__name__)
@@ -67,8 +72,10 @@ def _resolve(target: str) -> Callable[..., Any]:
 
 
 def setup_child_logging(log_path: str | None) -> None:
-    """In a child process: send fd 2 (where native libraries write) and Python's crash traces to the per-job log
-    the parent reads after a crash, and route Python logging there too."""
+    """In a child process (every child's main calls it first): exit when the parent dies (:mod:`desktop.lifeline`),
+    send fd 2 (where native libraries write) and Python's crash traces to the per-job log the parent reads after a
+    crash, and route Python logging there too."""
+    lifeline.guard_child()
     if log_path:
         log_file = open(log_path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
         os.dup2(log_file.fileno(), 2)
@@ -103,7 +110,10 @@ def _child_main(
 
     def send(message: tuple[Any, ...]) -> None:
         with send_lock:
-            conn.send(message)
+            try:
+                conn.send(message)
+            except (BrokenPipeError, ConnectionResetError, EOFError):
+                lifeline.parent_gone()  # also from ctypes callbacks, where a raised error would be swallowed
 
     def cancelled() -> bool:
         if not cancel_seen.is_set():
@@ -174,7 +184,7 @@ def start_process(process: multiprocessing.process.BaseProcess, env: dict[str, s
         saved = {key: os.environ.get(key) for key in env}
         try:
             _set_environ(env)
-            process.start()
+            lifeline.start(process)  # it cannot outlive this process
         finally:
             _set_environ(saved)
 
@@ -203,6 +213,7 @@ class ChildProcess:
         self.env = env
         self.kwargs = kwargs or {}
         self.log_path = log_path
+        instance_tag()  # set before the child is spawned, so its partial files carry this instance's tag
         ctx = multiprocessing.get_context("spawn")
         self._conn, child_conn = ctx.Pipe(duplex=True)
         self._child_conn: Connection | None = child_conn
@@ -234,10 +245,17 @@ class ChildProcess:
         return self.process.pid
 
     def start(self) -> None:
-        start_process(self.process, self.env)
-        assert self._child_conn is not None
-        self._child_conn.close()
-        self._child_conn = None
+        """Start the process; raises :class:`JobFailed` with the reason when it cannot start (its pipes closed)."""
+        try:
+            start_process(self.process, self.env)
+        except Exception as exc:  # noqa: BLE001 - spawn, pickling, fork limits: one sentence, not an assertion
+            self.close()
+            detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            raise JobFailed(JobError("start_failed", f"QuantDesk could not start a background process ({exc}).",
+                                     "Retry; if it fails again, the log has the details.", detail)) from exc
+        if self._child_conn is not None:
+            self._child_conn.close()
+            self._child_conn = None
         with _live_lock:
             _live.add(self)
 
@@ -257,6 +275,8 @@ class ChildProcess:
 
     def kill(self, grace: float = 0.0) -> None:
         """Stop the process: terminate, wait up to ``grace``, then kill."""
+        if self.process.pid is None:
+            return  # never started: nothing to stop (join would assert)
         if self.process.is_alive():
             self.process.terminate()
             self.process.join(grace if grace > 0 else 0.5)
@@ -265,19 +285,28 @@ class ChildProcess:
         self.process.join(5)
 
     def close(self) -> None:
-        self.kill()
-        self._conn.close()
-        with _live_lock:
-            _live.discard(self)
+        try:
+            self.kill()
+        finally:
+            self._conn.close()
+            if getattr(self, "_child_conn", None) is not None:  # subclasses with pipes of their own have none
+                self._child_conn.close()
+                self._child_conn = None
+            with _live_lock:
+                _live.discard(self)
 
     def log_tail(self, max_chars: int = 4000) -> str:
+        """The end of the child's log (read from the end: a log can be large)."""
         if not self.log_path:
             return ""
         try:
-            data = Path(self.log_path).read_bytes()
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - max_chars))
+                data = f.read(max_chars)
         except OSError:
             return ""
-        return data[-max_chars:].decode("utf-8", "replace")
+        return data.decode("utf-8", "replace")
 
 
 def run_in_child(
@@ -362,6 +391,8 @@ def run_in_child(
                 remove_quietly(path)
         if succeeded and log_path is not None:
             _drop_empty(log_path)
+        if log_path is not None:
+            prune_job_logs(log_path.parent)
 
 
 def _drop_empty(path: Path) -> None:
@@ -370,6 +401,28 @@ def _drop_empty(path: Path) -> None:
             path.unlink()
     except OSError:
         pass
+
+
+MAX_JOB_LOGS = 40
+MAX_JOB_LOG_BYTES = 200 * 1000**2
+
+
+def prune_job_logs(folder: Path, keep: int = MAX_JOB_LOGS, max_bytes: int = MAX_JOB_LOG_BYTES) -> None:
+    """Per-job logs are for the last few failures: keep the newest ``keep`` (and at most ``max_bytes`` of them),
+    delete the rest, so the logs folder does not grow with every job ever run."""
+    try:
+        logs = sorted((p for p in folder.glob("job-*.log") if p.is_file()), key=lambda p: p.stat().st_mtime,
+                      reverse=True)
+    except OSError:
+        return
+    total = 0
+    for index, path in enumerate(logs):
+        try:
+            total += path.stat().st_size
+            if index >= keep or total > max_bytes:
+                path.unlink()
+        except OSError:
+            pass
 
 
 def live_children() -> list[ChildProcess]:

@@ -124,3 +124,38 @@ def test_a_warm_child_that_never_gets_a_job_is_closed() -> None:
     warm = ChildProcess.warm(("json",))
     warm.close()
     assert not warm.process.is_alive() and live_children() == []
+
+
+def test_a_child_outlives_the_thread_that_started_it() -> None:
+    """PR_SET_PDEATHSIG fires when the parent *thread* ends: children are started from one long-lived thread, so an
+    engine started from a job thread is not killed when that thread finishes."""
+    from desktop.process import ChildProcess
+
+    box: list[ChildProcess] = []
+    starter = threading.Thread(target=lambda: box.append(ChildProcess.warm(("json",))))
+    starter.start()
+    starter.join()
+    (child,) = box
+    child.process.join(1.5)  # waits for an exit that must not come
+    assert child.process.is_alive()
+    assert run_in_child("child_jobs:count", {"n": 2}, child=child) == 20
+    assert live_children() == []
+
+
+def test_a_child_that_cannot_start_says_why_and_leaks_nothing(tmp_path: Path) -> None:
+    """A start failure (here: arguments that cannot be sent to a child) is one sentence, not an AssertionError
+    from closing a process that never ran, and its pipes are closed."""
+    import os
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    run_in_child("child_jobs:count", {"n": 1})  # warm up what the first start opens once
+    before = open_fds()
+    for _ in range(3):
+        with pytest.raises(JobFailed) as info:
+            run_in_child("child_jobs:count", {"n": lambda: 1}, log_path=tmp_path / "x.log")
+        assert info.value.error.kind == "start_failed"
+        assert "could not start a background process" in info.value.error.message
+    assert open_fds() <= before
+    assert live_children() == []

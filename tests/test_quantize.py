@@ -238,8 +238,8 @@ def test_cli_quantize_and_dry_run(tiny: Path, tmp_path: Path, capsys: pytest.Cap
     assert not (tmp_path / "dry" / "tiny-Q5_K_M.gguf").exists()
 
 
-def test_an_output_differing_from_the_source_only_in_case_is_refused(tmp_path: Path) -> None:
+def test_an_output_differing_from_the_source_only_in_case_gets_another_name(tmp_path: Path) -> None:
     """On macOS and Windows file names ignore case: writing x-Q8_0.gguf next to x-q8_0.gguf would replace it."""
     source = write_tiny_llama(tmp_path / "tiny-q8_0.gguf")
-    with pytest.raises(UserError, match="would overwrite the source"):
-        plan_quantization(source, ["Q8_0"])
+    [task] = plan_quantization(source, ["Q8_0"])
+    assert task.output == tmp_path / "tiny-Q8_0-2.gguf"

@@ -101,25 +101,13 @@ def source_for_path(path: Path | str) -> Source:
                     kind="unsupported_source")
 
 
-def cached_checkpoints(cache_dir: Path | str | None = None) -> list[Source]:
-    """Hugging Face checkpoints (config.json + safetensors) in the local Hugging Face cache, newest snapshot each."""
-    if cache_dir is None:
-        from desktop.hub.repo import default_cache_dir
+def library_checkpoints(progress: ProgressFn, cancelled: CancelledFn) -> list[Source]:
+    """The checkpoints to offer as sources: the library's list (cached snapshots and imported folders), the one
+    list the Models page shows too."""
+    from desktop.library import Library
 
-        cache_dir = default_cache_dir()
-    found = []
-    for repo in sorted(Path(cache_dir).glob("models--*")):
-        snapshots = [s for s in (repo / "snapshots").glob("*") if is_checkpoint_folder(s)]
-        if not snapshots:
-            continue
-        newest = max(snapshots, key=lambda s: s.stat().st_mtime)
-        repo_id = repo.name[len("models--"):].replace("--", "/")
-        found.append(Source(newest, CHECKPOINT, f"{repo_id} (Hugging Face checkpoint)"))
-    return found
-
-
-def list_cached_checkpoints(progress: ProgressFn, cancelled: CancelledFn) -> list[Source]:
-    return cached_checkpoints()
+    return [Source(e.path, CHECKPOINT, f"{e.name} (Hugging Face checkpoint)") for e in Library().checkpoints()
+            if e.exists]
 
 
 def read_source(source: Source) -> SourceInfo:
@@ -276,7 +264,9 @@ def run_pipeline(request: PipelineRequest, *, progress: ProgressFn, cancelled: C
     """[convert] → [imatrix] → quantize every type, as one job. Finished files stay (and are in the library) when
     a later step fails or is cancelled; partial files never do. ``skip(type_name)`` True cancels that type alone
     (see :func:`desktop.quant.quantize.quantize_many`)."""
-    from desktop.quant.quantize import QuantizeOptions, model_stem, plan_quantization, quantize_many
+    from desktop.fileio import free_path
+    from desktop.naming import model_name
+    from desktop.quant.quantize import QuantizeOptions, plan_quantization, quantize_many
 
     outcome = PipelineOutcome(out_dir=request.out_dir)
     progress = with_fields(progress)
@@ -291,7 +281,7 @@ def run_pipeline(request: PipelineRequest, *, progress: ProgressFn, cancelled: C
         return outcome
     if request.calibration is not None:
         _precheck(plan_quantization, source_path, request, options)
-        imatrix_path = request.out_dir / f"{model_stem(source_path)}.imatrix.gguf"
+        imatrix_path = free_path(request.out_dir / f"{model_name(source_path)}.imatrix.gguf")
         _imatrix(source_path, request, imatrix_path, steps.relay(IMATRIX_STEP), cancelled, emit)
         outcome.imatrix = imatrix_path
         options = replace(options, imatrix=str(imatrix_path))
@@ -325,12 +315,14 @@ def _precheck(plan: Callable[..., Any], source: Path, request: PipelineRequest, 
 def _convert(request: PipelineRequest, progress: ProgressFn, cancelled: CancelledFn, emit: Emit) -> Path:
     from desktop.convert import inspect_checkpoint
     from desktop.convert.job import cleanup_paths
+    from desktop.library import register
     from desktop.process import run_in_child
 
     src = request.source.path
+    from desktop.naming import free_output_path
+
     inspect_checkpoint(src)  # every refusal in one sentence, before a child process starts
-    name = request.source.label.split(" (")[0].split("/")[-1] if request.source.label else src.name
-    out = request.out_dir / f"{_safe(name)}-{request.convert_type}.gguf"
+    out = free_output_path(src, request.convert_type, request.out_dir)  # the repo's or folder's name, never taken
     emit(StepEvent(CONVERT_STEP, "running", "starting"))
     emit(LogEvent(f"Converting {src} to {out.name} ({request.convert_type})"))
 
@@ -342,7 +334,7 @@ def _convert(request: PipelineRequest, progress: ProgressFn, cancelled: Cancelle
                           progress=relay, cancelled=cancelled, cleanup=cleanup_paths(out),
                           crash_next_step="Retry; if it crashes again, the log has the details.")
     path = Path(result["path"])
-    _register(path, f"converted from {src}")
+    register(path, source=f"converted from {src}")
     emit(StepEvent(CONVERT_STEP, "done", f"{path.name}, {format_bytes(result['size'])} in {result['seconds']:.1f} s",
                    path, int(result["size"])))
     emit(LogEvent(f"Converted: {path} ({format_bytes(result['size'])}, {result['tensors']} tensors)"))
@@ -363,19 +355,6 @@ def _imatrix(model: Path, request: PipelineRequest, out: Path, progress: Progres
                     n_ctx=IMATRIX_CHUNK_TOKENS, max_chunks=request.imatrix_max_chunks)
     emit(StepEvent(IMATRIX_STEP, "done", f"saved as {out.name}", out, out.stat().st_size))
     emit(LogEvent(f"Importance matrix saved: {out}"))
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^\w.+-]+", "-", name).strip("-") or "model"
-
-
-def _register(path: Path, source: str) -> None:
-    try:
-        from desktop.library import Library
-
-        Library().add_file(path, source=source)
-    except Exception:  # noqa: BLE001 - the file is written; only its listing is missing
-        log.warning("could not add %s to the library", path, exc_info=True)
 
 
 def describe_types(types: Sequence[str]) -> str:

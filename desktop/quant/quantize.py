@@ -25,7 +25,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import os
 import re
 import shutil
 import time
@@ -37,7 +36,9 @@ from typing import Any
 from desktop.quant import types as quant_types
 from desktop.quant import sizing
 from desktop.errors import Cancelled, UserError
-from desktop.fileio import partial_path, remove_quietly
+from desktop import naming
+from desktop.fileio import free_path, partial_path, publish, remove_quietly
+from desktop.naming import model_stem
 from desktop.jobs import CancelledFn, ProgressFn, format_bytes, with_fields
 
 log = logging.getLogger(__name__)
@@ -119,26 +120,10 @@ class QuantizeResult:
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
-_TYPE_SUFFIX = re.compile(
-    r"[-_.](?:" + "|".join(sorted((re.escape(t.name) for t in quant_types.QUANT_TYPES), key=len, reverse=True))
-    + r")$",
-    re.IGNORECASE,
-)
-
-
-def model_stem(source: Path) -> str:
-    """The model's name without a trailing type tag: "gemma-3-270m-F16.gguf" -> "gemma-3-270m"."""
-    stem = Path(source).name
-    if stem.lower().endswith(".gguf"):
-        stem = stem[: -len(".gguf")]
-    return _TYPE_SUFFIX.sub("", stem) or stem
-
-
 def output_path(source: Path | str, type_name: str, out_dir: Path | str | None = None) -> Path:
-    """``<out_dir>/<model>-<TYPE>.gguf``; ``out_dir`` defaults to the source's folder."""
-    source = Path(source)
-    folder = Path(out_dir) if out_dir is not None else source.parent
-    return folder / f"{model_stem(source)}-{quant_types.by_name(type_name).name}.gguf"
+    """Where a quant of ``source`` is named to be (:func:`desktop.naming.output_path`); planning takes the next free
+    name when that one exists."""
+    return naming.output_path(source, type_name, out_dir)
 
 
 @functools.lru_cache(maxsize=8)
@@ -204,6 +189,7 @@ def plan_quantization(
             )
     quantized_src = sorted({t.source_type for t in tensors if len(t.shape) >= 2 and _is_quantized(t.source_type)})
     tasks = []
+    taken: set[Path] = set()
     for quant in quants:
         if options.imatrix is None:
             needing = sizing.tensors_needing_imatrix(tensors, quant.name, **_plain(options))
@@ -228,10 +214,10 @@ def plan_quantization(
                 "Tick 'allow requantize'; the result is as good as the quantized file, no better.",
                 kind="requantize",
             )
-        target = output_path(source, quant.name, out_dir)
-        if os.path.normcase(str(target.resolve())).lower() == os.path.normcase(str(source.resolve())).lower():
-            # compared without case too: on macOS and Windows "x-Q4_K_M.gguf" and "x-q4_k_m.gguf" are one file
-            raise UserError(f"The output {target.name} would overwrite the source.", "Choose another output folder.")
+        # Never an existing file (the source, another model's quant, a link into the Hugging Face cache): the next
+        # free name instead. Never resolved: the path of a link is the link's, not its target's.
+        target = free_path(output_path(source, quant.name, out_dir), taken)
+        taken.add(target)
         predicted = sizing.predict_size(tensors, quant.name, **options.sizing_options())
         tasks.append(QuantizeTask(source, quant, target, predicted, len(tensors),
                                   sum(t.n_elements for t in tensors)))
@@ -307,11 +293,11 @@ def quantize_one(
     except BaseException:
         remove_quietly(partial)
         raise
-    os.replace(partial, task.output)
+    path = publish(partial, task.output)  # synced, never replacing a file; the partial goes if this fails
     return QuantizeResult(
         quant_type=task.quant.name,
-        path=task.output,
-        bytes=task.output.stat().st_size,
+        path=path,
+        bytes=path.stat().st_size,
         predicted_bytes=task.predicted_bytes,
         seconds=time.monotonic() - started,
         imatrix=options.imatrix,
@@ -386,14 +372,9 @@ def quantize_many(
 
 
 def _register(result: QuantizeResult, source: Path) -> None:
-    try:
-        from desktop.library import Library
-    except ImportError:
-        return
-    try:
-        Library().add_file(result.path, source=str(source), quant_type=result.quant_type, imatrix=result.imatrix)
-    except Exception:  # noqa: BLE001 - the file is made; a library problem must not undo that
-        log.exception("could not register %s in the library", result.path)
+    from desktop.library import register
+
+    register(result.path, source=str(source), quant_type=result.quant_type, imatrix=result.imatrix)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from desktop.jobs import ProgressPrinter, format_bytes, format_duration
 
-log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -31,12 +29,22 @@ def run(args: argparse.Namespace) -> int:
     from desktop.convert.job import cleanup_paths
     from desktop.process import run_in_child
 
-    out = Path(args.output)
+    import os
+
+    from desktop.errors import UserError
+
+    # Never resolved: a path in the Hugging Face cache is a link to a shared blob, and the resolved path would
+    # write onto the blob. Never an existing name (a file, or a link) either: this run did not make it.
+    out = Path(os.path.abspath(args.output))
     if out.suffix.lower() != ".gguf":
         out = out.with_name(out.name + ".gguf")
+    if os.path.lexists(out):
+        raise UserError(f"{out} already exists{' (a link)' if out.is_symlink() else ''}; QuantDesk does not replace "
+                        "files it did not make.", "Choose another output name, or delete that file first.",
+                        kind="exists")
     progress = ProgressPrinter()
 
-    kwargs = {"src_dir": str(Path(args.source).resolve()), "out_path": str(out.resolve()), "outtype": args.outtype}
+    kwargs = {"src_dir": os.path.abspath(args.source), "out_path": str(out), "outtype": args.outtype}
     if args.in_process:
         from desktop.convert.job import run as job
 
@@ -46,17 +54,7 @@ def run(args: argparse.Namespace) -> int:
     progress.end()
     print(f"{result['name']} ({result['size_label']}, {result['architecture']}) -> {result['path']}: "
           f"{format_bytes(result['size'])}, {result['tensors']} tensors, {format_duration(result['seconds'])}")
-    _register(Path(result["path"]), str(Path(args.source).resolve()))
+    from desktop.library import register
+
+    register(Path(result["path"]), source=f"converted from {os.path.abspath(args.source)}")
     return 0
-
-
-def _register(path: Path, source: str) -> None:
-    """Add the new file to the library when the library module is there; a failure only costs the listing."""
-    try:
-        from desktop.library import Library
-    except ImportError:
-        return
-    try:
-        Library().add_file(path, source=f"converted from {source}")
-    except Exception:  # noqa: BLE001 - the GGUF is written; the listing can be refreshed later
-        log.warning("could not add %s to the library", path, exc_info=True)

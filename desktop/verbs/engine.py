@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from desktop.jobs import RateMeter, format_duration
+from desktop.jobs import ProgressPrinter, format_duration
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -37,23 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _printer() -> object:
-    meter = RateMeter(window_s=30.0)
-    last = [-1, ""]
-
-    def progress(done: float, total: float, message: str) -> None:
-        percent = int(100 * done / total) if total else 0
-        if percent == last[0] and message == last[1]:
-            return
-        last[0], last[1] = percent, message
-        meter.add(percent)
-        eta = meter.eta(100)
-        text = f"{percent:3d}%  {message}" + (f"  (about {format_duration(eta)} left)" if eta and percent > 5 else "")
-        if sys.stderr.isatty():
-            print(f"\r\033[K{text}"[:200], end="", file=sys.stderr, flush=True)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
-    return progress
+    return ProgressPrinter()  # the one CLI printer: percent, ETA and wording as every verb shows them
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from desktop.errors import UserError
 from desktop.memory import Machine, machine_from_report
 from desktop.hub.repo import RepoReport
 from desktop.jobs import CancelledFn, ProgressFn
@@ -56,10 +57,16 @@ def download_job(progress: ProgressFn, cancelled: CancelledFn, *, request: Downl
     result = download(progress=progress, cancelled=cancelled, repo=request.repo, revision=request.revision,
                       file=request.file)
     added = None
+    check_cancelled(cancelled)
+    progress(1, 1, "Adding the model to the library…")
     if result.model_path.lower().endswith(".gguf"):
-        check_cancelled(cancelled)
-        progress(1, 1, "Adding the model to the library…")
         added = Library().add_file(result.model_path, source=f"Hugging Face: {result.repo_id}").path
+    else:  # a checkpoint: listed now (Models page, Quantize sources), not at the next start
+        try:
+            Library().add_checkpoint(result.snapshot_dir, source=f"Hugging Face: {result.repo_id}",
+                                     name=result.repo_id.rsplit("/", 1)[-1])
+        except UserError as exc:  # downloaded, but not convertible: say so instead of "next step: quantize"
+            return DownloadOutcome(f"{result.message} {exc.message}", result.snapshot_dir, result.model_path, None)
     return DownloadOutcome(result.message, result.snapshot_dir, result.model_path, added)
 
 

@@ -23,12 +23,12 @@ from PySide6.QtWidgets import (
 
 from desktop.gguf.reader import format_parameters
 from desktop.jobs import JobError, format_bytes
-from desktop.library import CheckpointEntry, Library, ModelEntry
+from desktop.library import CheckpointEntry, Library, ModelEntry, in_models_folder
 from desktop.ui.models.checkpoints_view import CheckpointsView
 from desktop.ui.models.hub_panel import HubPanel
 from desktop.ui.page import Page
 from desktop.ui.widgets import Card, KeyValueGrid, note_label, read_only_table
-from desktop.workers import Job, JobManager
+from desktop.workers import Job, JobManager, LibraryWatcher
 
 LIBRARY_TAB, HUB_TAB = 0, 1
 COLUMNS = ["Name", "Architecture", "Parameters", "Type", "Context", "Size"]
@@ -110,6 +110,8 @@ class ModelsPage(Page):
 
         self.body.addWidget(self.tabs, 1)
         self._show_selected()
+        self.library_watch = LibraryWatcher(self)  # a download, a quant, an import anywhere: show it
+        self.library_watch.sig_changed.connect(self.reload)
 
     # ---- library
     @Slot()
@@ -275,7 +277,34 @@ class ModelsPage(Page):
         clicked = box.clickedButton()
         if clicked not in (keep, delete):
             return
+        if clicked is delete and not in_models_folder(entry.path) and not self._confirm_delete_outside(entry):
+            return
         self.remove_entry(entry, delete_file=clicked is delete)
+
+    def _confirm_delete_outside(self, entry: ModelEntry) -> bool:
+        """The second confirmation for a file outside the models folder, saying what deleting it really does."""
+        from desktop import settings
+        from desktop.naming import hf_cache_repo
+
+        repo = hf_cache_repo(entry.path)
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Icon.Warning)
+        box.setWindowTitle("Delete a file outside the models folder")
+        if repo is not None:
+            box.setText(f"“{entry.path.name}” is a download in the Hugging Face cache ({repo}), which other tools "
+                        "share.")
+            box.setInformativeText(
+                f"Deleting it removes its data from the cache ({format_bytes(entry.size_bytes)}), unless another "
+                "downloaded revision uses the same file. Other programs that use this download will fetch it "
+                "again.")
+        else:
+            box.setText(f"“{entry.path.name}” is outside QuantDesk's models folder ({settings.models_dir()}).")
+            box.setInformativeText(f"{entry.path}\n\nIt will be deleted from disk.")
+        delete = box.addButton("Delete it", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        return box.clickedButton() is delete
 
     def remove_entry(self, entry: ModelEntry, *, delete_file: bool) -> Job:
         job = Job(

@@ -24,7 +24,7 @@ from desktop.quant.pipeline import (
     SourceInfo,
     StepEvent,
     describe_types,
-    list_cached_checkpoints,
+    library_checkpoints,
     planned_steps,
     prediction_job,
     run_pipeline,
@@ -33,7 +33,7 @@ from desktop.ui.quantize.queue import CANCELLED, DONE, FAILED, LogView, QueueVie
 from desktop.ui.quantize.source import SourcePicker
 from desktop.ui.quantize.types import TypeTable
 from desktop.ui.widgets import Card, note_label
-from desktop.workers import Job, JobManager
+from desktop.workers import Job, JobManager, LibraryWatcher
 
 PREDICT_DELAY_MS = 250  # options typed in quick succession give one prediction
 
@@ -70,6 +70,8 @@ class QuantizePage(QWidget):
         title = QLabel("Quantize")
         title.setObjectName("pageTitle")
 
+        self.library_watch = LibraryWatcher(self)  # a checkpoint downloaded or imported anywhere is offered here
+        self.library_watch.sig_changed.connect(self.refresh_checkpoints)
         self.source = SourcePicker()
         self.source.sig_source_changed.connect(self._on_source_changed)
         self.source.sig_convert_type_changed.connect(self._schedule_prediction)
@@ -162,11 +164,17 @@ class QuantizePage(QWidget):
     # ---- sources
     @Slot(list)
     def set_models(self, entries: list) -> None:  # type: ignore[type-arg]
-        """The library changed: list its GGUFs, and look for checkpoints in the Hugging Face cache (in a job)."""
+        """The library's GGUFs (from the Models page); its checkpoints are read again too."""
         self.source.set_models(entries)
-        job = Job("Find checkpoints", list_cached_checkpoints, visible=False)
+        self.refresh_checkpoints()
+
+    @Slot()
+    def refresh_checkpoints(self) -> Job:
+        """Read the library's checkpoints (in a job): the same list the Models page shows."""
+        job = Job("Read checkpoints", library_checkpoints, visible=False)
         job.sig_result.connect(self.source.set_checkpoints)
         self._jobs.start(job)
+        return job
 
     def select_source(self, path: Path | str) -> None:
         self.source.select_path(path)

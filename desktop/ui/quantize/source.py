@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import QDir, Qt, Signal, Slot
 from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from desktop.errors import UserError
@@ -124,11 +124,26 @@ class SourcePicker(QWidget):
         if name:
             self.select_path(name)
 
+    def folder_dialog(self) -> QFileDialog:
+        """The folder chooser: it opens in the Hugging Face cache (where downloads are) and shows hidden folders,
+        since the cache itself lives in one (~/.cache)."""
+        from desktop.hub.repo import default_cache_dir
+
+        start = Path(default_cache_dir())
+        while not start.is_dir() and start != start.parent:
+            start = start.parent
+        dialog = QFileDialog(self, "Choose a Hugging Face model folder", str(start))
+        dialog.setFileMode(QFileDialog.FileMode.Directory)
+        dialog.setOption(QFileDialog.Option.ShowDirsOnly, True)
+        dialog.setOption(QFileDialog.Option.DontUseNativeDialog, True)  # native dialogs ignore the hidden filter
+        dialog.setFilter(dialog.filter() | QDir.Filter.Hidden)
+        return dialog
+
     @Slot()
     def choose_folder(self) -> None:
-        name = QFileDialog.getExistingDirectory(self, "Choose a Hugging Face model folder", str(Path.home()))
-        if name:
-            self.select_path(name)
+        dialog = self.folder_dialog()
+        if dialog.exec() and dialog.selectedFiles():
+            self.select_path(dialog.selectedFiles()[0])
 
     @Slot(int)
     def _on_index(self, _index: int) -> None:
