@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,7 @@ from desktop.workers import JobManager
 from tests.quant_helpers import write_tiny_llama
 from tests.test_convert_support import assemble
 from tests.test_output_names import cache_file
-
-
-@pytest.fixture
-def jobs() -> Iterator[JobManager]:
-    manager = JobManager()
-    yield manager
-    assert manager.stop_all(timeout_s=10)
+from tests.test_quantize_page import jobs  # noqa: F401 - the JobManager fixture, stopped after each test
 
 
 @pytest.fixture
