@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import queue
+import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import keyring
 import openai
@@ -16,13 +20,14 @@ from keyring.backends import fail
 
 from desktop import cli, process
 from desktop.chat import api_keys
-from desktop.chat.engine import Engine
+from desktop.chat.engine import Engine, EngineEvent
 from desktop.chat.server import ChatServer, ServeEvent, ServeLimits, log_line
 from desktop.chat.turns import EngineTurns
 from desktop.errors import UserError
 
 from engine_helpers import demo_model_path  # noqa: E402 - tests/ is on sys.path under pytest
-from serve_helpers import COMPLETIONS, COUNTING, MAX_TOKENS, PROMPTS, LocalEngine, ServerProcess, quantdesk_serve, user
+from serve_helpers import (COMPLETIONS, COUNTING, GREEDY, MAX_TOKENS, PROMPTS, LocalEngine, ServerProcess, quantdesk_serve,
+                           user)
 
 GREEDY_API = {"temperature": 0, "max_tokens": MAX_TOKENS}
 
@@ -257,3 +262,69 @@ def test_a_client_that_goes_away_is_stopped_and_the_next_is_served(local: LocalE
     assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == MAX_TOKENS  # type: ignore[union-attr]
     first_done = next(e for e in events if e.kind == "request_done")
     assert first_done.data["status"] == 499 and first_done.data["metrics"]["completion_tokens"] < 400
+
+
+def test_max_tokens_is_capped_by_the_server(local: LocalEngine) -> None:
+    assert local.turns is not None
+    with ChatServer(local.turns, model_name="demo", port=0, limits=ServeLimits(max_tokens=3)) as server:
+        api = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
+        asked = api.chat.completions.create(model="demo", messages=user("Name five animals:"), max_tokens=50,
+                                            temperature=0)
+        unasked = api.completions.create(model="demo", prompt="Once upon a time", temperature=0)
+    assert asked.usage is not None and asked.usage.completion_tokens == 3
+    assert asked.choices[0].finish_reason == "length"
+    assert unasked.usage is not None and unasked.usage.completion_tokens == 3
+
+
+def test_a_waiting_request_can_be_stopped_before_its_turn(local: LocalEngine) -> None:
+    assert local.turns is not None
+    first: queue.Queue[EngineEvent] = queue.Queue()
+    second: queue.Queue[EngineEvent] = queue.Queue()
+    first_id = local.turns.submit(user("Name three cities:"), GREEDY, listener=first.put, owner="api")
+    second_id = local.turns.submit(user("Name three rivers:"), GREEDY, listener=second.put, owner="window")
+    assert local.turns.waiting() == 1 and local.turns.waiting("window") == 1
+    local.turns.stop(second_id)
+    stopped = second.get(timeout=5)
+    assert (stopped.kind, stopped.request_id, stopped.data["metrics"]["finish_reason"]) == ("reply_done", second_id,
+                                                                                          "stopped")
+    while (event := first.get(timeout=240)).kind != "reply_done":
+        pass
+    assert event.request_id == first_id and event.data["metrics"]["completion_tokens"] == MAX_TOKENS
+    assert local.turns.waiting() == 0 and local.turns.active_owner is None
+
+
+def test_an_engine_crash_is_a_sentence_for_the_answered_and_the_waiting_client(tmp_path: Path) -> None:
+    crashing = LocalEngine(tmp_path / "engine.log")
+    crashing.load(demo_model_path())
+    assert crashing.turns is not None
+    try:
+        with ChatServer(crashing.turns, model_name="demo", port=0) as server:
+            api = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
+            stream = api.chat.completions.create(model="demo", messages=COUNTING, stream=True, max_tokens=400,
+                                                 temperature=0)
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    break
+            waiting: dict[str, Exception] = {}
+
+            def wait_for_turn() -> None:
+                try:
+                    api.chat.completions.create(model="demo", messages=user("Hello"), max_tokens=4)
+                except Exception as exc:  # noqa: BLE001 - the test looks at what the client raised
+                    waiting["error"] = exc
+
+            thread = threading.Thread(target=wait_for_turn)
+            thread.start()
+            while crashing.turns.waiting("api") == 0:
+                thread.join(0.05)
+            assert crashing.engine.pid is not None
+            os.kill(crashing.engine.pid, signal.SIGKILL)
+            with pytest.raises(openai.APIError, match="crashed"):
+                for _ in stream:
+                    pass
+            thread.join(60)
+    finally:
+        crashing.engine.close()
+    error = waiting["error"]
+    assert isinstance(error, openai.InternalServerError) and error.status_code == 503
+    assert "The chat engine crashed" in str(error) and "Traceback" not in str(error)

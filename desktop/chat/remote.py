@@ -25,210 +25,36 @@ import http.client
 import itertools
 import json
 import logging
-import math
 import socket
-import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from desktop import __version__
-from desktop.chat import api_keys
 from desktop.chat.engine import Engine, EngineEvent, LoadOptions, Sampling
+from desktop.chat.remote_http import (
+    FROM_KEYRING,
+    as_dict,
+    MAX_ERROR_BYTES,
+    MAX_REPLY_CHARS,
+    ServerAddress,
+    key_for,
+    list_models,
+    network_error,
+    number,
+    one_line,
+    request,
+    sse_events,
+    status_error,
+)
 from desktop.errors import UserError
-from desktop.jobs import JobError, error_from_exception
+from desktop.jobs import error_from_exception
 
 log = logging.getLogger(__name__)
 
-MAX_LINE_BYTES = 1 << 20
-MAX_REPLY_CHARS = 4 << 20
-MAX_MODELS = 1000
-MAX_ERROR_BYTES = 64 << 10
-FROM_KEYRING = "keyring"
-
 __all__ = ["FROM_KEYRING", "RemoteEngine", "ServerAddress", "list_models"]
-
-
-@dataclass(frozen=True)
-class ServerAddress:
-    """A server's base address: ``http(s)://host[:port][/path]`` without the trailing ``/v1``."""
-
-    scheme: str
-    host: str
-    port: int
-    path: str
-
-    @classmethod
-    def parse(cls, url: str) -> ServerAddress:
-        text = url.strip()
-        if "://" not in text:
-            text = "http://" + text
-        parts = urlsplit(text)
-        try:
-            port = parts.port
-        except ValueError:
-            port = -1
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname or port == -1:
-            raise UserError(f"{url[:200]!r} is not a server address.",
-                            "Write it like http://127.0.0.1:8080 or https://example.org/v1.", kind="bad_url")
-        scheme = parts.scheme.lower()
-        path = parts.path.rstrip("/")
-        if path.endswith("/v1"):
-            path = path[:-3]
-        return cls(scheme, parts.hostname, port or (443 if scheme == "https" else 80), path)
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}{self.path}"
-
-    def connect(self, timeout: float) -> http.client.HTTPConnection:
-        if self.scheme == "https":
-            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
-                                               context=ssl.create_default_context())
-        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-
-
-def _key_for(address: ServerAddress, api_key: str | None) -> str | None:
-    return api_keys.get_remote_key(address.url) if api_key == FROM_KEYRING else api_key
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def network_error(exc: BaseException, address: ServerAddress, timeout: float) -> UserError:
-    """One sentence for a failed connection."""
-    url = address.url
-    if isinstance(exc, ConnectionRefusedError):
-        return UserError(f"Nothing answers at {url}: the connection was refused.",
-                         "Start the server, or check the address and port.", kind="offline")
-    if isinstance(exc, socket.gaierror):
-        return UserError(f"The server name {address.host} could not be found.",
-                         "Check the address and this machine's network connection.", kind="offline")
-    if isinstance(exc, (TimeoutError, socket.timeout)):
-        return UserError(f"The server at {url} did not answer within {timeout:.0f} s.",
-                         "Check that it is running and not overloaded.", kind="timeout")
-    if isinstance(exc, ssl.SSLError):
-        return UserError(f"A secure connection to {url} could not be made ({_one_line(exc.reason or exc, 120)}).",
-                         "Check whether the server speaks http or https, and its certificate.", kind="tls")
-    if isinstance(exc, (http.client.HTTPException, ConnectionError)):
-        return UserError(f"The server at {url} closed the connection without a proper answer.",
-                         "Check that the address is an OpenAI-compatible server.", kind="offline")
-    if isinstance(exc, OSError):
-        return UserError(f"The server at {url} cannot be reached ({_one_line(exc.strerror or exc, 120)}).",
-                         "Check the address and this machine's network connection.", kind="offline")
-    raise exc
-
-
-def _status_error(status: int, body: bytes, address: ServerAddress, what: str) -> UserError:
-    message = ""
-    code = None
-    try:
-        data = json.loads(body.decode("utf-8", "replace"))
-        error = data.get("error") if isinstance(data, dict) else None
-        if isinstance(error, dict):
-            message, code = str(error.get("message") or ""), error.get("code")
-        elif isinstance(error, str):
-            message = error
-        elif isinstance(data, dict) and "detail" in data:
-            message = json.dumps(data["detail"])[:300] if not isinstance(data["detail"], str) else data["detail"]
-    except ValueError:
-        message = body.decode("utf-8", "replace")
-    said = f": {_one_line(message)}" if message.strip() else "."
-    if status in (401, 403):
-        return UserError(f"The server at {address.url} refused the request (HTTP {status}){said}",
-                         "Check its API key; QuantDesk keeps one per server in the system keyring.",
-                         kind="unauthorized")
-    if status == 404 and what == "models":
-        return UserError(f"The server at {address.url} has no /v1/models endpoint.",
-                         "Check that the address points at an OpenAI-compatible server.", kind="not_openai")
-    kind = "context_full" if code == "context_length_exceeded" else ("bad_request" if status < 500 else "server_error")
-    return UserError(f"The server at {address.url} answered HTTP {status}{said}",
-                     "Check the model name and settings, or the server's log.", kind=kind)
-
-
-def _request(address: ServerAddress, method: str, path: str, api_key: str | None, timeout: float,
-             body: Mapping[str, Any] | None = None,
-             on_socket: Callable[[socket.socket], None] | None = None,
-             ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-    """Send one request; ``on_socket`` gets the socket before the answer is awaited (so Stop can shut it)."""
-    conn = address.connect(timeout)
-    headers = {"User-Agent": f"QuantDesk/{__version__}", "Accept": "application/json, text/event-stream"}
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode("utf-8")
-        headers["Content-Type"] = "application/json"
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    try:
-        conn.request(method, address.path + path, body=data, headers=headers)
-        if on_socket is not None and conn.sock is not None:
-            on_socket(conn.sock)  # the response keeps reading from it after http.client lets go of conn.sock
-        return conn, conn.getresponse()
-    except BaseException:
-        conn.close()
-        raise
-
-
-def list_models(url: str, api_key: str | None = FROM_KEYRING, *, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """The server's models from ``/v1/models``: dicts with at least ``id``. Raises UserError in one sentence."""
-    address = ServerAddress.parse(url)
-    try:
-        conn, response = _request(address, "GET", "/v1/models", _key_for(address, api_key), timeout)
-        try:
-            body = response.read(MAX_LINE_BYTES * 4 + 1)
-        finally:
-            conn.close()
-    except OSError as exc:
-        raise network_error(exc, address, timeout) from None
-    except http.client.HTTPException as exc:
-        raise network_error(exc, address, timeout) from None
-    if response.status != 200:
-        raise _status_error(response.status, body[:MAX_ERROR_BYTES], address, "models")
-    try:
-        data = json.loads(body.decode("utf-8"))
-        entries = data["data"] if isinstance(data, dict) else data
-        models = [dict(m) for m in entries[:MAX_MODELS] if isinstance(m, dict) and isinstance(m.get("id"), str)]
-    except (ValueError, KeyError, TypeError):
-        raise UserError(f"The server at {address.url} sent a model list QuantDesk cannot read.",
-                        "Check that the address points at an OpenAI-compatible server.", kind="not_openai") from None
-    for m in models:
-        m["id"] = m["id"][:300]
-    return models
-
-
-def _sse_events(response: http.client.HTTPResponse) -> Iterator[str]:
-    """The ``data`` of each server-sent event (lines bounded; comments and other fields skipped)."""
-    data: list[str] = []
-    while True:
-        line = response.readline(MAX_LINE_BYTES + 1)
-        if len(line) > MAX_LINE_BYTES:
-            raise UserError("The server sent a line longer than 1 MiB.", "Check the server.", kind="bad_response")
-        if not line:
-            if data:
-                yield "\n".join(data)
-            return
-        text = line.decode("utf-8", "replace").rstrip("\r\n")
-        if not text:
-            if data:
-                yield "\n".join(data)
-                data = []
-        elif text.startswith("data:"):
-            data.append(text[5:].lstrip(" "))
-
-
-def _number(value: Any) -> float:
-    """A count or time from the server, or 0 when it is missing or nonsense."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        return 0.0
-    return float(min(value, 1e12))
 
 
 class RemoteEngine(Engine):
@@ -315,18 +141,18 @@ class RemoteEngine(Engine):
                 name = ids[0]
             if not name:
                 raise UserError(f"The server at {self.url} offers {len(ids)} models; choose one.",
-                                f"Its models: {_one_line(', '.join(ids[:20]), 200)}.", kind="choose_model")
+                                f"Its models: {one_line(', '.join(ids[:20]), 200)}.", kind="choose_model")
             if ids and name not in ids:
-                raise UserError(f"The server at {self.url} has no model named {_one_line(name, 100)!r}.",
-                                f"It offers: {_one_line(', '.join(ids[:20]), 200)}.", kind="not_found")
+                raise UserError(f"The server at {self.url} has no model named {one_line(name, 100)!r}.",
+                                f"It offers: {one_line(', '.join(ids[:20]), 200)}.", kind="not_found")
         except BaseException as exc:  # noqa: BLE001 - crosses as an error event
             self._fail("load", exc)
             return
         self.model = name
         entry = next((m for m in models if m["id"] == name), {})
-        meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
+        meta = as_dict(entry.get("meta"))
         metadata: dict[str, Any] = {"name": name, "remote": True, "url": self.url, "models": ids}
-        n_ctx = _number(meta.get("n_ctx") or meta.get("n_ctx_train"))
+        n_ctx = number(meta.get("n_ctx") or meta.get("n_ctx_train"))
         if n_ctx:
             metadata["n_ctx"] = int(n_ctx)
         self._deliver(EngineEvent("loaded", {"metadata": metadata, "memory": {}}))
@@ -341,7 +167,7 @@ class RemoteEngine(Engine):
     # -- chat
 
     def _key(self) -> str | None:
-        return _key_for(self.address, self._api_key)
+        return key_for(self.address, self._api_key)
 
     def chat(
         self,
@@ -406,7 +232,7 @@ class RemoteEngine(Engine):
                 self._sock = sock
 
         try:
-            conn, response = _request(self.address, "POST", "/v1/chat/completions", self._key(), self.timeout_s,
+            conn, response = request(self.address, "POST", "/v1/chat/completions", self._key(), self.timeout_s,
                                       body, keep)
         except (OSError, http.client.HTTPException) as exc:
             if self._stop_upto >= seq:
@@ -422,12 +248,12 @@ class RemoteEngine(Engine):
         if self._stop_upto >= seq:
             self.stop()
         if response.status != 200:
-            raise _status_error(response.status, response.read(MAX_ERROR_BYTES), self.address, "chat")
+            raise status_error(response.status, response.read(MAX_ERROR_BYTES), self.address, "chat")
         self._deliver(EngineEvent("prompt_started", {"request_id": request_id, "prompt_tokens": 0,
                                                      "dropped_messages": 0}))
-        finish, usage, timings = "", {}, {}
+        finish, usage, timings = "", as_dict(None), as_dict(None)
         try:
-            for data in _sse_events(response):
+            for data in sse_events(response):
                 if data.strip() == "[DONE]":
                     break
                 try:
@@ -437,13 +263,12 @@ class RemoteEngine(Engine):
                 if not isinstance(chunk, dict):
                     continue
                 if chunk.get("error"):
-                    raise _status_error(500, json.dumps(chunk).encode(), self.address, "chat")
-                usage = chunk.get("usage") if isinstance(chunk.get("usage"), dict) else usage
-                timings = chunk.get("timings") if isinstance(chunk.get("timings"), dict) else timings
+                    raise status_error(500, json.dumps(chunk).encode(), self.address, "chat")
+                usage = as_dict(chunk.get("usage")) or usage
+                timings = as_dict(chunk.get("timings")) or timings
                 choices = chunk.get("choices")
-                choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-                delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
-                text = delta.get("content")
+                choice = as_dict(choices[0] if isinstance(choices, list) and choices else None)
+                text = as_dict(choice.get("delta")).get("content")
                 if isinstance(text, str) and text:
                     tally.token(text)
                     if tally.chars > MAX_REPLY_CHARS:
@@ -494,13 +319,13 @@ class _Tally:
 
     def metrics(self, finish: str, n_ctx: int, usage: Mapping[str, Any], timings: Mapping[str, Any]) -> dict[str, Any]:
         stream = self.stream_timing()
-        prompt_total = int(_number(usage.get("prompt_tokens")) or _number(timings.get("prompt_n")))
-        completion = int(_number(usage.get("completion_tokens")) or len(self.parts))
+        prompt_total = int(number(usage.get("prompt_tokens")) or number(timings.get("prompt_n")))
+        completion = int(number(usage.get("completion_tokens")) or len(self.parts))
         ttft = stream["ttft_s"]
         perf: dict[str, float] = {}
-        if _number(timings.get("predicted_n")):
-            perf = {"n_p_eval": _number(timings.get("prompt_n")), "t_p_eval_ms": _number(timings.get("prompt_ms")),
-                    "n_eval": _number(timings.get("predicted_n")), "t_eval_ms": _number(timings.get("predicted_ms"))}
+        if number(timings.get("predicted_n")):
+            perf = {"n_p_eval": number(timings.get("prompt_n")), "t_p_eval_ms": number(timings.get("prompt_ms")),
+                    "n_eval": number(timings.get("predicted_n")), "t_eval_ms": number(timings.get("predicted_ms"))}
         prompt_n = int(perf.get("n_p_eval", prompt_total))
         prompt_ms = perf.get("t_p_eval_ms", (ttft or 0.0) * 1000)
         generated = int(perf.get("n_eval", max(0, len(self.parts) - 1)))
@@ -508,11 +333,11 @@ class _Tally:
         return {
             "prompt_tokens": prompt_n,
             "prompt_ms": prompt_ms,
-            "prompt_tokens_per_s": _number(timings.get("prompt_per_second")) or
+            "prompt_tokens_per_s": number(timings.get("prompt_per_second")) or
             (prompt_n / prompt_ms * 1000 if prompt_ms > 0 else 0.0),
             "generated_tokens": generated,
             "generation_ms": generation_ms,
-            "generation_tokens_per_s": _number(timings.get("predicted_per_second")) or
+            "generation_tokens_per_s": number(timings.get("predicted_per_second")) or
             (generated / generation_ms * 1000 if generation_ms > 0 else 0.0),
             "ttft_s": ttft,
             "total_s": time.perf_counter() - self.sent,

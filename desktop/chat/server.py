@@ -9,6 +9,9 @@ connection (a request mostly waits for the engine's child process, so threads co
 writes, and a clean ``shutdown()``. The model lives in the engine's child process, once; requests take turns on it
 with the window's own chat through :class:`~desktop.chat.turns.EngineTurns`.
 
+(About 480 lines: the handler and the server that owns its limits and events read best together; the wire
+format is :mod:`desktop.chat.openai_api`'s.)
+
 Safety: bound to 127.0.0.1 unless the caller chooses another address, which requires an API key (see
 :mod:`desktop.chat.api_keys`); on loopback the ``Host`` header must name loopback too (no DNS rebinding from a web
 page). The request body, ``max_tokens`` and the number of open connections are capped (:class:`ServeLimits`).
@@ -272,8 +275,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
 
     def setup(self) -> None:
-        self.timeout = self.server.app.limits.socket_timeout_s
         super().setup()
+        self.connection.settimeout(self.server.app.limits.socket_timeout_s)
         self._sent_headers = False
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
@@ -377,13 +380,15 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _start_stream(self) -> None:
+    def _start_stream(self, opening: dict[str, Any] | None = None) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
         self.end_headers()
         self._sent_headers = True
+        if opening is not None:
+            self._sse(opening)
 
     def _sse(self, data: Any) -> None:
         self.wfile.write(b"data: " + (data if isinstance(data, bytes) else json.dumps(data).encode()) + b"\n\n")
@@ -425,10 +430,8 @@ class _Handler(BaseHTTPRequestHandler):
                     app.turns.stop(request_id)
                 continue
             if event.kind == "prompt_started" and request.stream and writing:
-                writing = self._write_or_stop(request_id, lambda: (
-                    self._start_stream(),
-                    self._sse(api.stream_chunk(request.endpoint, response_id, model, created, first=True)),
-                ))
+                opening = api.stream_chunk(request.endpoint, response_id, model, created, first=True)
+                writing = self._write_or_stop(request_id, lambda: self._start_stream(opening))
             elif event.kind == "token":
                 text = str(event.data.get("text", ""))
                 app.emit("token", request_id=request_id, text=text, at=time.perf_counter())
