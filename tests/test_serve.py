@@ -328,3 +328,15 @@ def test_an_engine_crash_is_a_sentence_for_the_answered_and_the_waiting_client(t
     error = waiting["error"]
     assert isinstance(error, openai.InternalServerError) and error.status_code == 503
     assert "The chat engine crashed" in str(error) and "Traceback" not in str(error)
+
+
+def test_a_taken_port_is_a_sentence_before_any_model_is_loaded(capsys: pytest.CaptureFixture[str]) -> None:
+    children = len(process.live_children())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", str(demo_model_path()), "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"Port {port} on 127.0.0.1 is already in use" in err and "--port" in err
+    assert len(process.live_children()) == children

@@ -23,6 +23,17 @@ Events: ``on_event`` gets a :class:`ServeEvent` per step of each API request, on
 finish_reason, metrics}`` (``metrics``: :class:`~desktop.chat.engine.ReplyMetrics` as a dict, or None when the
 request failed, then ``error`` holds the message). :func:`log_line` makes the request log's line of a
 ``request_done``.
+
+From the window (the Chat page's Serve switch)::
+
+    turns = EngineTurns(engine)        # the engine's on_event passes every event to turns.feed(event) first,
+                                       # and the window's own chats go through turns.submit(..., owner="window")
+    key = None if is_loopback(host) else api_keys.ensure_serve_key()   # (key, is_new): show it once if new
+    server = ChatServer(turns, model_name=name, host=host, port=port, api_key=key, on_event=relay_to_qt)
+    url = server.start()               # binds at once; a taken port raises UserError with a sentence
+    server.close()                     # waits up to 5 s for requests in flight: call it off the GUI thread
+
+The keyring may block (D-Bus), so read the key off the GUI thread too.
 """
 
 from __future__ import annotations

@@ -94,9 +94,9 @@ def run(args: argparse.Namespace) -> int:
                           cpu_repack=load_settings().cpu_repack)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
     try:
+        url = server.start()  # first: a taken port is a sentence before any model is loaded
         engine.load(options)
         _wait_loaded(engine_events)
-        url = server.start()
         print(f"Serving {server.model_name} at {url}/v1 (OpenAI-compatible). Ctrl+C stops.", flush=True)
         while True:
             event = _next(engine_events)
