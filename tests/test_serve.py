@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import keyring
 import openai
@@ -247,16 +248,21 @@ def test_api_requests_and_the_windows_chat_take_turns_and_report_events(local: L
     assert line.startswith("127.0.0.1 chat stream 200:") and f"+ {MAX_TOKENS} tokens" in line and "length" in line
 
 
+def long_stream_at_first_token(api: openai.OpenAI) -> Any:
+    """A streaming request for up to 400 tokens, read up to its first token."""
+    stream = api.chat.completions.create(model="demo", messages=COUNTING, stream=True, max_tokens=400, temperature=0)
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            return stream
+    raise AssertionError("the stream ended before its first token")
+
+
 def test_a_client_that_goes_away_is_stopped_and_the_next_is_served(local: LocalEngine) -> None:
     events: list[ServeEvent] = []
     assert local.turns is not None
     with ChatServer(local.turns, model_name="demo", port=0, on_event=events.append) as server:
         api = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
-        stream = api.chat.completions.create(model="demo", messages=COUNTING, stream=True, max_tokens=400,
-                                             temperature=0)
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                break
+        stream = long_stream_at_first_token(api)
         stream.close()  # the client hangs up after its first token
         reply = api.chat.completions.create(model="demo", messages=user("Say goodbye in Spanish:"), **GREEDY_API)  # type: ignore[arg-type]
     assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == MAX_TOKENS  # type: ignore[union-attr]
@@ -300,11 +306,7 @@ def test_an_engine_crash_is_a_sentence_for_the_answered_and_the_waiting_client(t
     try:
         with ChatServer(crashing.turns, model_name="demo", port=0) as server:
             api = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
-            stream = api.chat.completions.create(model="demo", messages=COUNTING, stream=True, max_tokens=400,
-                                                 temperature=0)
-            for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    break
+            stream = long_stream_at_first_token(api)
             waiting: dict[str, Exception] = {}
 
             def wait_for_turn() -> None:
