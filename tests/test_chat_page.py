@@ -228,3 +228,45 @@ def test_the_window_preselects_the_chat_model_and_closing_it_stops_the_engine(qt
     assert engine.alive
     window.close()
     assert not engine.alive and live_children() == []
+
+
+def _gpu_named_engine_on_this_cpu() -> str:
+    """A "Vulkan" engine as the engine builder installs one (manifest, smoke test passed, selected), whose library
+    folder links to pip's CPU build: no GPU exists here, so the GPU build is imitated by the same files under the
+    GPU engine's name. The chat child really runs from that folder (LLAMA_CPP_LIB_PATH) and really crashes."""
+    import json
+
+    from desktop.llama import engines
+
+    folder = engines.engines_dir() / f"vulkan-{engines.library_version()}"
+    (folder / "lib").mkdir(parents=True)
+    for item in engines.pip_library_dir().iterdir():
+        os.symlink(item, folder / "lib" / item.name)
+    (folder / engines.MANIFEST).write_text(json.dumps({"backend": "vulkan",
+                                                       "llama_cpp_python": engines.library_version()}))
+    engine = engines.load_engine(folder)
+    assert engine is not None
+    engines.save_smoke(engine, engines.SmokeResult(True, "Passed: all layers on the imitated GPU.", 1, 1, [], True))
+    return engines.select_engine(engine.name).name
+
+
+def test_a_crash_on_a_gpu_engine_offers_retry_on_the_cpu(qtbot: QtBot, page: ChatPage) -> None:
+    gpu_engine = _gpu_named_engine_on_this_cpu()
+    page.settings.max_tokens.setValue(300)
+    finished = _record(page.sig_reply_finished)
+    page.send("Count from 1 to 500, separated by commas: 1, 2, 3,")
+    qtbot.waitUntil(lambda: page.reply is not None and len(page.reply.stamps) >= 2, timeout=LONG)
+    assert page.worker.engine.engine_name == gpu_engine and page.worker.on_gpu_engine
+    pid = page.worker.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+
+    qtbot.waitUntil(lambda: page.notice.isVisible() and page.notice.kind == "crash", timeout=30_000)
+    assert page.notice.primary.text() == "Retry on the CPU"
+    page.settings.max_tokens.setValue(8)
+    qtbot.mouseClick(page.notice.primary, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: bool(finished), timeout=LONG)
+    assert page.worker.engine.engine_name == "cpu" and not page.worker.on_gpu_engine
+    assert page.worker.pid not in (None, pid) and page.worker.last_load.n_gpu_layers == 0  # type: ignore[union-attr]
+    assert "on the CPU" in page.status.text() and page.offload.n_gpu_layers() == 0
+    assert [t.role for t in page.turns] == ["user", "assistant"] and len(page.transcript.bubbles) == 2

@@ -4,6 +4,11 @@ The engine's events arrive on its reader thread. Tokens are collected there and 
 batches (at most one batch per :data:`FLUSH_S`, plus a timer that flushes a quiet tail), never one signal per
 token; every other event first flushes the tokens before it, so the GUI sees them in the engine's order. All
 emissions go through one queued connection, so their order is the order they were posted in.
+
+The window's chats go through :class:`~desktop.chat.turns.EngineTurns` (``self.turns``), so they take turns with
+the requests of an API server sharing the same loaded model; events of requests that are not the window's go to
+their own listeners and never reach these signals. ``engine`` may be any :class:`Engine` with the same events
+(a :class:`~desktop.chat.remote.RemoteEngine` for a model on an OpenAI-compatible server).
 """
 
 from __future__ import annotations
@@ -11,12 +16,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
 
 from desktop.chat.engine import Engine, EngineEvent, LoadOptions, ReplyMetrics, Sampling
+from desktop.chat.turns import EngineTurns
 from desktop.jobs import JobError
 
 log = logging.getLogger(__name__)
@@ -49,7 +55,13 @@ class EngineWorker(QObject):
     sig_exited = Signal()
     """The engine process ended (after a shutdown or a crash)."""
 
-    def __init__(self, parent: QObject | None = None, *, log_path: str | None = None) -> None:
+    def __init__(
+        self,
+        parent: QObject | None = None,
+        *,
+        log_path: str | None = None,
+        engine: Callable[[Callable[[EngineEvent], None]], Engine] | None = None,
+    ) -> None:
         super().__init__(parent)
         self._lock = threading.Lock()
         self._pending: list[str] = []
@@ -63,7 +75,9 @@ class EngineWorker(QObject):
         self._flush_timer = QTimer(self)
         self._flush_timer.setInterval(int(FLUSH_S * 1000))
         self._flush_timer.timeout.connect(self._flush_from_timer)
-        self.engine = Engine(self._on_engine_event, log_path=log_path)
+        self.engine = engine(self._on_engine_event) if engine else Engine(self._on_engine_event, log_path=log_path)
+        self.turns = EngineTurns(self.engine)
+        self._window_request = ""
 
     # ---- state
     @property
@@ -90,16 +104,33 @@ class EngineWorker(QObject):
     def chat(
         self, messages: Sequence[Mapping[str, Any]], sampling: Sampling, *, on_overflow: str = "error"
     ) -> str:
-        return self.engine.chat(messages, sampling, on_overflow=on_overflow)
+        self._window_request = self.turns.submit(
+            messages, sampling, listener=self._on_window_event, owner="window", on_overflow=on_overflow
+        )
+        return self._window_request
 
     def stop(self) -> None:
-        self.engine.stop()
+        """Stop the window's reply (an API request being answered goes on), or a load."""
+        if self.engine.state == "loading" or not self._window_request:
+            self.engine.stop()
+        else:
+            self.turns.stop(self._window_request)
 
     def retry_safe_mode(self) -> LoadOptions:
         """A fresh engine process, loading the last model with CPU repacking off and half the GPU layers."""
         self._closed = False
         self._flush_timer.start()
         return self.engine.retry_safe_mode()
+
+    @property
+    def on_gpu_engine(self) -> bool:
+        return bool(getattr(self.engine, "on_gpu_engine", False))
+
+    def retry_on_cpu(self) -> LoadOptions:
+        """After a crash on a GPU engine: a fresh engine process on the CPU build, the last model, no GPU layers."""
+        self._closed = False
+        self._flush_timer.start()
+        return self.engine.retry_on_cpu()
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Stop the engine process and wait for it (called when the window closes)."""
@@ -109,6 +140,17 @@ class EngineWorker(QObject):
 
     # ---- reader thread
     def _on_engine_event(self, event: EngineEvent) -> None:
+        if not self.turns.feed(event):  # a submitted request's events went to its listener
+            self._handle(event)
+
+    def _on_window_event(self, event: EngineEvent) -> None:
+        if event.kind == "error" and event.error is not None and event.error.kind == "crash":
+            return  # the engine's own crash event follows, once, for the window
+        if event.kind in ("reply_done", "error"):
+            self._window_request = ""
+        self._handle(event)
+
+    def _handle(self, event: EngineEvent) -> None:
         with self._lock:
             if event.kind == "token":
                 request_id = event.request_id or ""

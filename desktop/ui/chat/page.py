@@ -13,6 +13,7 @@ delete, export) are handled by :class:`~desktop.ui.chat.history.HistoryMixin`, p
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QSplitter, QTabWidget, QVBoxLayout, QWidget
 
 from desktop.chat.session import ActiveReply, ChatSession, ConversationSettings, Turn, live_rate, metrics_line
-from desktop.chat.engine import ReplyMetrics
+from desktop.chat.engine import LoadOptions, ReplyMetrics
 from desktop.chat_model import system_prompt_for
 from desktop.jobs import JobError
 from desktop.ui.chat.conversations import ConversationList
@@ -274,7 +275,10 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
         self.set_running(False)
         if error.kind == "crash":
             self.set_status("The chat engine stopped.")
-            self.notice.show_notice("crash", error.message, "Retry in safe mode", self.retry_safe_mode)
+            if self.worker.on_gpu_engine:  # the GPU build may be what crashed: pip's CPU build is the way out
+                self.notice.show_notice("crash", error.message, "Retry on the CPU", self.retry_on_cpu)
+            else:
+                self.notice.show_notice("crash", error.message, "Retry in safe mode", self.retry_safe_mode)
         elif error.kind == "context_full":
             self.notice.show_notice("context_full", error.sentence(), "Drop oldest turns", self.drop_oldest_and_retry)
         else:
@@ -286,19 +290,27 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
     @Slot()
     def retry_safe_mode(self) -> None:
         """After a crash: a fresh engine without CPU repacking and with half the GPU layers, then the reply again."""
+        self._safe_mode = True
+        self._restart("in safe mode", self.worker.retry_safe_mode)
+
+    @Slot()
+    def retry_on_cpu(self) -> None:
+        """After a crash on a GPU engine: a fresh engine on the CPU build with no GPU layers, then the reply again."""
+        self._restart("on the CPU", self.worker.retry_on_cpu)
+
+    def _restart(self, how: str, retry: Callable[[], LoadOptions]) -> None:
         if self._interrupted is not None:
             self.transcript.remove(self._interrupted)
             self._interrupted = None
         self.notice.clear()
-        self._safe_mode = True
         if self.worker.last_load is None:
             self.load_model()
             return
-        options = self.worker.retry_safe_mode()
+        options = retry()
         self.offload.set_n_gpu_layers(options.n_gpu_layers)
         self.session.waiting = self.session.wants_reply()
         self.set_running(True)
-        self.set_status("Restarting the chat engine in safe mode…")
+        self.set_status(f"Restarting the chat engine {how}…")
         self._update_controls()
 
     @Slot()
