@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import queue
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -175,3 +176,78 @@ def test_a_key_is_kept_per_server_and_sent_only_to_that_server(memory_keyring: o
     assert _Recorder.seen == [None]  # the other server never saw the key
     with pytest.raises(UserError, match="API key"):
         api_keys.save_remote_key(keyed.url, "two words")
+
+
+class _Misbehaving(BaseHTTPRequestHandler):
+    """A server that answers with whatever the test sets: bad JSON, endless lines, nonsense numbers."""
+
+    status = 200
+    content_type = "text/event-stream"
+    body = b""
+
+    def _answer(self) -> None:
+        if self.command == "POST":
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        cls = type(self)
+        self.send_response(cls.status)
+        self.send_header("Content-Type", cls.content_type)
+        self.send_header("Content-Length", str(len(cls.body)))
+        self.end_headers()
+        self.wfile.write(cls.body)
+
+    do_GET = do_POST = _answer  # noqa: N815
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def misbehaving() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Misbehaving)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _chat_outcome(url: str) -> EngineEvent:
+    """Ask the server for a reply (without reading its model list first); the reply_done or error that ends it."""
+    events: queue.Queue[EngineEvent] = queue.Queue()
+    remote = RemoteEngine(url, events.put)
+    remote.start()
+    remote.model = "m"
+    try:
+        remote.chat(user("hi"), GREEDY)
+        while (event := events.get(timeout=60)).kind not in ("reply_done", "error"):
+            pass
+        return event
+    finally:
+        remote.close()
+
+
+def test_what_a_server_sends_is_bounded_and_checked(misbehaving: str) -> None:
+    _Misbehaving.status, _Misbehaving.content_type, _Misbehaving.body = 200, "application/json", b"<html>hello"
+    with pytest.raises(UserError, match="model list QuantDesk cannot read"):
+        list_models(misbehaving)
+
+    _Misbehaving.status, _Misbehaving.body = 500, json.dumps({"error": {"message": "x" * 100_000}}).encode()
+    with pytest.raises(UserError, match="answered HTTP 500") as caught:
+        list_models(misbehaving)
+    assert len(str(caught.value)) < 500
+
+    _Misbehaving.status, _Misbehaving.content_type = 200, "text/event-stream"
+    _Misbehaving.body = b"data: " + b"a" * (2 << 20) + b"\n\n"
+    outcome = _chat_outcome(misbehaving)
+    assert outcome.error is not None and "longer than 1 MiB" in outcome.error.message
+
+    chunk = {"choices": [{"delta": {"content": "ok"}, "finish_reason": "stop"}],
+             "usage": {"prompt_tokens": -3, "completion_tokens": "many"},
+             "timings": {"predicted_n": 1e300, "predicted_ms": -1, "predicted_per_second": float("nan")}}
+    _Misbehaving.body = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+    outcome = _chat_outcome(misbehaving)
+    assert outcome.kind == "reply_done" and outcome.data["text"] == "ok"
+    metrics = outcome.metrics
+    assert metrics is not None and metrics.prompt_tokens_total == 0 and metrics.completion_tokens == 1
+    assert metrics.generation_tokens_per_s == 0.0 and metrics.generated_tokens <= 1e12
