@@ -274,3 +274,36 @@ def test_the_most_layers_that_fit_is_the_brute_force_answer_for_any_budget() -> 
             brute = max((n for n in range(10) if offload.evaluate(shape, n, gpus=gpus, host=host, options=_options(),
                                                                    with_max=False).fits), default=-1)
             assert offload.max_gpu_layers(shape, gpus=gpus, host=host, options=_options()) == brute, (gpu_mib, host_mib)
+
+
+def test_an_output_larger_than_the_device_takes_stays_on_the_cpu_with_its_logits() -> None:
+    # lavapipe takes no weight over 128 MiB: the demo's 178 MB tied output stayed on the CPU, and the logits with it
+    shape = shape_from_gguf(synthetic_info(output_bytes=None, embd_bytes=200 * MiB))
+    roomy = GpuBudget("lavapipe", 24 * GiB, backend="Vulkan")
+    limited = GpuBudget("lavapipe", 24 * GiB, backend="Vulkan", max_tensor_bytes=2**27)
+    held = offload.evaluate(shape, 9, gpus=[roomy], host=HostBudget(16 * GiB), options=_options())
+    kept = offload.evaluate(shape, 9, gpus=[limited], host=HostBudget(16 * GiB), options=_options())
+    assert held.gpus[0].breakdown.weights == 8 * LAYER_BYTES + shape.output_bytes
+    assert kept.gpus[0].breakdown.weights == 8 * LAYER_BYTES
+    logits = sizes.logits_bytes(shape, 512)
+    assert kept.host.breakdown.compute == logits + sizes.output_buffer_bytes(shape)
+    assert kept.gpus[0].breakdown.compute < held.gpus[0].breakdown.compute
+
+
+def test_host_weights_are_the_mapped_file_range_when_blocks_interleave() -> None:
+    # files that order blocks blk.0, blk.1, blk.10, ..., blk.2: the CPU's blocks 0-3 span most of the file
+    info = synthetic_info(n_layer=12)
+    blocks = [t for t in info.tensors if t.name.startswith("blk.")]
+    others = [t for t in info.tensors if not t.name.startswith("blk.")]
+    info.tensors = [others[0], *sorted(blocks, key=lambda t: t.name), *others[1:]]
+    shape = shape_from_gguf(info)
+    gpus = [GpuBudget("GPU 0", 24 * GiB, backend="Vulkan")]
+    plan = offload.evaluate(shape, 9, gpus=gpus, host=HostBudget(16 * GiB), options=_options())  # blocks 0-3 on the CPU
+    order = [t.name.split(".")[1] for t in info.tensors if t.name.startswith("blk.")][::4]
+    assert order[:5] == ["0", "1", "10", "11", "2"]
+    # token_embd, then blk.0, blk.1, blk.10, blk.11, blk.2, blk.3: two GPU blocks lie inside the mapped range
+    assert plan.host.breakdown.weights == shape.input_bytes + 6 * LAYER_BYTES
+    assert plan.gpus[0].breakdown.weights == 8 * LAYER_BYTES + shape.output_bytes
+    # everything on the CPU: the file's own bytes, no range arithmetic
+    cpu = offload.evaluate(shape, 0, gpus=gpus, host=HostBudget(16 * GiB), options=_options())
+    assert cpu.host.breakdown.weights == shape.weights_bytes

@@ -19,6 +19,9 @@ from desktop.memory.planner import GpuBudget, HostBudget, metal_working_set_limi
 log = logging.getLogger(__name__)
 
 _GPU_KINDS = ("GPU", "integrated GPU")
+LAVAPIPE_MAX_TENSOR_BYTES = 2**27
+"""Mesa's lavapipe (a software Vulkan device) reports maxStorageBufferRange = 128 MiB (vulkaninfo here); llama.cpp's
+Vulkan backend keeps a larger weight (the demo's 178 MB tied output) on the CPU."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +101,12 @@ def machine_from_report(report: Any) -> Machine:
         nvml_index = int(gpu.index) if getattr(gpu, "source", "") == "nvml" else next(
             (int(n.index) for n in gpus if getattr(n, "source", "") == "nvml" and _matches(str(n.name), name)), None)
         limit = metal_working_set_limit(host.total_bytes or total) if unified else None
+        max_tensor = getattr(gpu, "max_tensor_bytes", None)
+        if max_tensor is None and getattr(gpu, "software", False) and backend.lower() == "vulkan":
+            max_tensor = LAVAPIPE_MAX_TENSOR_BYTES
         budgets.append(GpuBudget(name=name, free_bytes=int(getattr(gpu, "vram_free", 0) or 0), total_bytes=total,
                                  unified_memory=unified, working_set_limit=limit, backend=backend,
-                                 nvml_index=nvml_index))
+                                 nvml_index=nvml_index, max_tensor_bytes=max_tensor))
     return Machine(tuple(budgets), host, tuple(left_out), cores)
 
 

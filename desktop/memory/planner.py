@@ -9,6 +9,10 @@ Placement follows llama.cpp (``src/llama-model.cpp``, ``load_tensors``):
 * With several GPUs the offloaded layers are split in proportion to each GPU's free memory (llama.cpp's
   default ``tensor_split``) unless a split is given.
 * The KV cache of a layer lives where the layer lives.
+* A weight larger than the device takes (``max_tensor_bytes``: Vulkan's maxStorageBufferRange, 128 MiB on lavapipe)
+  stays on the CPU: for the output layer that moves the logits to the host too.
+* The host's weights are what llama.cpp maps: the file range from its first to its last tensor, which includes
+  offloaded blocks when a file orders them blk.0, blk.1, blk.10, ... ("CPU_Mapped model buffer size").
 
 Sizes come from :mod:`desktop.memory.sizes`. Apple Silicon has one pool of unified memory: what the GPU takes the
 host no longer has, and Metal caps the GPU's share at its recommended working-set size.
@@ -37,6 +41,7 @@ class GpuBudget:
     working_set_limit: int | None = None  # Metal's recommendedMaxWorkingSetSize, when known
     backend: str = "CUDA"  # llama.cpp's backend for it: its overhead and compute sizes follow
     nvml_index: int | None = None  # its NVML index when NVML sees it (GPU memory really used after a load)
+    max_tensor_bytes: int | None = None  # the largest weight the device takes (Vulkan's maxStorageBufferRange)
 
 
 @dataclass(frozen=True)
@@ -198,6 +203,10 @@ def _evaluate(shape: ModelShape, n_gpu_layers: int, gpus: Sequence[GpuBudget], h
     if gpus and not any(weights):
         weights = [1.0] * len(gpus)
     placement = layer_devices(shape, n_gpu_layers, weights)
+    output_device = placement[-1]
+    limit = gpus[output_device].max_tensor_bytes if output_device >= 0 else None
+    if limit is not None and shape.output_bytes > limit:
+        placement[-1] = -1  # llama.cpp keeps a weight the device cannot hold on the CPU, and the logits with it
     used = sorted({d for d in placement if d >= 0})
     engine = gpus[used[0]].backend if used else "CPU"
     flash = sizes.flash_attention(options.flash_attn, engine, options.cache_v)
@@ -222,6 +231,11 @@ def _evaluate(shape: ModelShape, n_gpu_layers: int, gpus: Sequence[GpuBudget], h
             gpu_kv[device] += kv
             gpu_has_output[device] = gpu_has_output[device] or is_output
 
+    if shape.file_order and used:  # the host's weights as llama.cpp maps them (a file range)
+        owners = {-1} | {il for il, device in enumerate(placement) if device < 0}
+        if shape.tied_embeddings:
+            owners.discard(shape.n_layer)
+        host_weights = max(host_weights, shape.mapped_bytes(owners))
     partial = 0 < n_gpu_layers < shape.total_layers
     gpu_plans: list[DevicePlan] = []
     unified_need = 0
@@ -241,6 +255,8 @@ def _evaluate(shape: ModelShape, n_gpu_layers: int, gpus: Sequence[GpuBudget], h
 
     if used:
         host_compute = sizes.host_compute_bytes(shape, options.n_ctx, n_ubatch=options.n_ubatch, flash_attn=flash)
+        if placement[-1] < 0:  # the output layer stayed on the CPU: its logits are computed there
+            host_compute = max(host_compute, sizes.logits_bytes(shape, options.n_ctx, n_ubatch=options.n_ubatch))
     else:
         host_compute = sizes.compute_buffer_bytes(shape, options.n_ctx, backend_name="CPU",
                                                   n_ubatch=options.n_ubatch, flash_attn=flash)

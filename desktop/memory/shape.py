@@ -64,6 +64,16 @@ class ModelShape:
     swa_layers: tuple[bool, ...] = ()  # per layer: True for a sliding-window layer
     tied_embeddings: bool = False
     weights_known: bool = True
+    file_order: tuple[tuple[int, int], ...] = ()  # (owner layer, bytes) per tensor in file order (-1: input)
+
+    def mapped_bytes(self, owners: set[int]) -> int:
+        """What llama.cpp maps for the tensors of ``owners`` ("CPU_Mapped model buffer size"): the file range from
+        the first to the last of them, including other layers' tensors in between (files that order blocks
+        blk.0, blk.1, blk.10, ... interleave them). Without the file order: the tensors' own bytes."""
+        hits = [i for i, (owner, _) in enumerate(self.file_order) if owner in owners]
+        if not hits:
+            return 0
+        return sum(size for _, size in self.file_order[hits[0]:hits[-1] + 1])
 
     @property
     def total_layers(self) -> int:
@@ -100,7 +110,8 @@ class ModelShape:
             output = input_bytes  # untied: its own matrix of the same size; tied: llama.cpp's copy
         used = sum(layers) + input_bytes + (0 if self.tied_embeddings else output)
         input_bytes += total - used  # rounding lands on the host
-        return replace(self, layer_bytes=layers, input_bytes=input_bytes, output_bytes=output, weights_known=True)
+        return replace(self, layer_bytes=layers, input_bytes=input_bytes, output_bytes=output, weights_known=True,
+                       file_order=())
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -143,8 +154,13 @@ def shape_from_gguf(info: GGUFInfo) -> ModelShape:
     output_bytes = input_bytes = token_embd_bytes = n_vocab = 0
     have_output_weight = False
     n_embd = _int(info.hparam("embedding_length"))
+    order: list[tuple[int, int]] = []
     for t in info.tensors:
         match = _BLOCK_RE.match(t.name)
+        owner = int(match.group(1)) if match and int(match.group(1)) < n_layer else -1
+        if t.name.startswith(("output.", "output_norm.")):
+            owner = n_layer
+        order.append((owner, t.n_bytes))
         if match:
             il = int(match.group(1))
             if il < n_layer:
@@ -184,6 +200,7 @@ def shape_from_gguf(info: GGUFInfo) -> ModelShape:
         n_embd_v_gqa=tuple(v),
         tied_embeddings=tied,
         weights_known=True,
+        file_order=tuple(order) if len(info.shards) <= 1 else (),  # a split model maps each shard apart
     )
 
 

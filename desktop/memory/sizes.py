@@ -167,8 +167,14 @@ def compute_buffer_bytes(shape: ModelShape, n_ctx: int, *, backend_name: str = "
     scores = 0 if flash_attn else 4 * shape.n_head * n_kv * n_ub
     attention = scores + mask + int(backend(backend_name).attention_embd * embd)
     feed_forward = mask + 4 * 3 * shape.n_ff * n_ub + 4 * embd
-    logits = 4 * shape.n_vocab * n_ub + 2 * embd if with_output else 0
+    logits = logits_bytes(shape, n_ctx, n_ubatch=n_ubatch) if with_output else 0
     return max(attention, feed_forward, logits) + (embd if partial else 0)
+
+
+def logits_bytes(shape: ModelShape, n_ctx: int, *, n_ubatch: int = DEFAULT_N_UBATCH) -> int:
+    """The output phase of a compute buffer: the logits of a micro-batch and two ``n_embd`` activations."""
+    n_ub = _micro_batch(n_ctx, n_ubatch)
+    return 4 * shape.n_vocab * n_ub + 2 * 4 * shape.n_embd * n_ub
 
 
 def host_compute_bytes(shape: ModelShape, n_ctx: int, *, n_ubatch: int = DEFAULT_N_UBATCH,
