@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import queue
 import threading
@@ -251,3 +252,17 @@ def test_what_a_server_sends_is_bounded_and_checked(misbehaving: str) -> None:
     metrics = outcome.metrics
     assert metrics is not None and metrics.prompt_tokens_total == 0 and metrics.completion_tokens == 1
     assert metrics.generation_tokens_per_s == 0.0 and metrics.generated_tokens <= 1e12
+
+
+def test_chat_cli_set_key_keeps_the_key_for_that_server(memory_keyring: object, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    turns = EngineTurns(Engine())  # no engine process: a chat that gets past the key is answered 503
+    with ChatServer(turns, model_name="m", port=0, api_key="the-servers-key") as keyed:
+        assert cli.main(["chat", "--server", keyed.url, "--prompt", "hi"]) == 1
+        assert "refused the request (HTTP 401)" in capsys.readouterr().err
+        monkeypatch.setattr("sys.stdin", io.StringIO("the-servers-key\n"))
+        assert cli.main(["chat", "--server", keyed.url, "--set-key", "--prompt", "hi"]) == 1
+        captured = capsys.readouterr()
+    assert "answered HTTP 503" in captured.err and "engine is not running" in captured.err  # past the key
+    assert "the-servers-key" not in captured.out + captured.err
+    assert api_keys.get_remote_key(keyed.url + "/v1") == "the-servers-key"

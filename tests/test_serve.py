@@ -342,3 +342,18 @@ def test_a_taken_port_is_a_sentence_before_any_model_is_loaded(capsys: pytest.Ca
     err = capsys.readouterr().err
     assert f"Port {port} on 127.0.0.1 is already in use" in err and "--port" in err
     assert len(process.live_children()) == children
+
+
+def test_a_new_serve_key_is_shown_once_and_then_kept_in_the_keyring(memory_keyring: object,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:  # the server stops at the taken port, after the key step and before any load
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        args = ["serve", str(demo_model_path()), "--require-key", "--port", str(taken.getsockname()[1])]
+        assert cli.main(args) == 1
+        first = capsys.readouterr().out
+        assert cli.main(args) == 1
+        second = capsys.readouterr().out
+    key = api_keys.get_serve_key()
+    assert key and f"API key (shown this once; QuantDesk keeps it in the system keyring): {key}" in first
+    assert key not in second and "Clients need the API key kept in the system keyring" in second

@@ -25,6 +25,9 @@ def register(subparsers: Any) -> None:
                         "its API key, if it needs one, is read from the system keyring for that address")
     parser.add_argument("--model", dest="server_model", default=None, metavar="NAME",
                         help="with --server: the model to ask (default: the server's only model)")
+    parser.add_argument("--set-key", action="store_true",
+                        help="with --server: read the server's API key from the terminal (not echoed) or stdin and "
+                        "keep it in the system keyring for that address")
     parser.add_argument("--prompt", required=True, help="the user's message")
     parser.add_argument("--system", default="", help="a system prompt (the default model has one of its own)")
     parser.add_argument("--ctx", type=int, default=2048, help="context length (default 2048)")
@@ -54,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
         if args.model:
             raise UserError("Give either a model file or --server, not both.", kind="bad_arguments")
+        if args.set_key:
+            _set_key(args.server)
         engine: Engine = RemoteEngine(args.server)
         model, system = args.server_model or "", args.system
     elif args.server_model:
@@ -111,3 +116,15 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _set_key(url: str) -> None:
+    """Keep the API key for the server at ``url`` in the keyring; it is never echoed, printed or logged."""
+    import getpass
+
+    from desktop.chat import api_keys
+    from desktop.chat.remote import ServerAddress
+
+    address = ServerAddress.parse(url).url
+    key = getpass.getpass(f"API key for {address}: ") if sys.stdin.isatty() else sys.stdin.readline()
+    api_keys.save_remote_key(address, key)
