@@ -77,30 +77,25 @@ def sweep_stale_partials(extra_folders: tuple[Path, ...] = ()) -> list[Path]:
     removed: list[Path] = []
     journal = _journal()
     folders = journal.read_text(encoding="utf-8").splitlines() if journal.is_file() else []
-    keep: list[str] = []
-    for folder in [*folders, *(os.path.abspath(f) for f in extra_folders)]:
+    keep: list[str] = []  # the remembered folders that still exist
+    for folder in dict.fromkeys([*folders, *(os.path.abspath(f) for f in extra_folders)]):
         try:
             names = os.listdir(folder)
         except OSError:
             continue  # gone, or a disk not mounted now: forget it
-        mine = False
+        if folder in folders:
+            keep.append(folder)
         for name in names:
             match = _PARTIAL_NAME.match(name)
-            if match is None:
-                continue
-            pid = int(match.group("pid"))
-            if pid != os.getpid() and not _alive(pid):
-                path = Path(folder) / name
-                if not path.is_symlink() and path.is_file():
-                    remove_quietly(path)
-                    removed.append(path)
-            else:
-                mine = True
-        if folder in folders and (mine or folder not in keep):
-            keep.append(folder)
-    with contextlib.suppress(OSError):
-        if folders:
-            journal.write_text("".join(f"{f}\n" for f in dict.fromkeys(keep)), encoding="utf-8")
+            if match is None or int(match.group("pid")) == os.getpid() or _alive(int(match.group("pid"))):
+                continue  # not ours, or its instance still runs and may be writing it
+            path = Path(folder) / name
+            if not path.is_symlink() and path.is_file():
+                remove_quietly(path)
+                removed.append(path)
+    if folders and keep != folders:
+        with contextlib.suppress(OSError):
+            journal.write_text("".join(f"{f}\n" for f in keep), encoding="utf-8")
     return removed
 
 

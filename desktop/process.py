@@ -267,8 +267,11 @@ class ChildProcess:
 
     def receive(self, timeout: float) -> tuple[Any, ...] | None:
         """The next message, or None if none came within ``timeout``. Raises EOFError when the child is gone."""
-        if self._conn.poll(timeout):
-            return self._conn.recv()  # type: ignore[no-any-return]
+        try:
+            if self._conn.poll(timeout):
+                return self._conn.recv()  # type: ignore[no-any-return]
+        except (ConnectionResetError, BrokenPipeError) as exc:  # it died mid-message: a crash, reported as one
+            raise EOFError from exc
         if not self.process.is_alive() and not self._conn.poll(0):
             raise EOFError
         return None

@@ -57,3 +57,11 @@ def events(*, progress, cancelled, emit) -> str:
     for word in ("one", "two", "three"):
         emit(word)
     return "done"
+
+
+
+def die_with_unread_cancel(*, progress, cancelled) -> None:
+    """Reports, lets the parent's cancel arrive unread, then dies: the kernel resets the connection."""
+    progress(1, 2, "ready")
+    threading.Event().wait(1.0)  # the cancel request arrives meanwhile and is never read
+    os.kill(os.getpid(), 9)

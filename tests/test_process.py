@@ -159,3 +159,33 @@ def test_a_child_that_cannot_start_says_why_and_leaks_nothing(tmp_path: Path) ->
         assert "could not start a background process" in info.value.error.message
     assert open_fds() <= before
     assert live_children() == []
+
+
+def test_per_job_logs_are_pruned_to_the_newest(tmp_path: Path) -> None:
+    """Every job left a log (kept when not empty), and the logs folder grew without limit."""
+    import os
+
+    from desktop import paths
+    from desktop.process import MAX_JOB_LOGS
+
+    logs = paths.logs_dir()
+    for i in range(MAX_JOB_LOGS + 15):
+        old = logs / f"job-old-{i}.log"
+        old.write_text("a warning from an old job\n")
+        os.utime(old, (1_000_000 + i, 1_000_000 + i))
+    (logs / "quantdesk.log").write_text("the app's own log stays\n")
+    run_in_child("child_jobs:count", {"n": 1})
+    kept = sorted(p.name for p in logs.glob("job-*.log"))
+    assert len(kept) <= MAX_JOB_LOGS
+    assert "job-old-0.log" not in kept and f"job-old-{MAX_JOB_LOGS + 14}.log" in kept  # the oldest go first
+    assert (logs / "quantdesk.log").exists()
+
+
+
+def test_a_child_that_dies_with_unread_messages_is_not_an_internal_error(tmp_path: Path) -> None:
+    """A child that dies with a message from the parent unread resets the connection; the parent reported
+    "unexpected problem (ConnectionResetError)" instead of what happened (here: the cancelled job ended)."""
+    seen: list[str] = []
+    with pytest.raises(Cancelled):
+        run_in_child("child_jobs:die_with_unread_cancel", progress=lambda d, t, m: seen.append(m),
+                     cancelled=lambda: bool(seen), grace_s=30, log_path=tmp_path / "child.log")

@@ -81,7 +81,7 @@ class QueueView(QTableWidget):
 
     def cancel_item(self, key: str) -> None:
         if self.states.get(key) in (WAITING, RUNNING):
-            self._set(key, CANCELLED, "cancelled")
+            self._set(key, CANCELLED, "")  # the state says it; the other types go on
             self.sig_cancel_item.emit(key)
 
     def state(self, key: str) -> str:
