@@ -9,7 +9,6 @@ hardware report of that engine describes (so the planner's own reading of the re
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from desktop.chat.engine import Engine, LoadOptions
 from desktop.gguf.reader import read_gguf
 from desktop.process import run_in_child
 
-from engine_helpers import SHARED_HOME, demo_model_path  # noqa: E402 - tests/ is on sys.path under pytest
+from engine_helpers import demo_model_path  # noqa: E402 - tests/ is on sys.path under pytest
+from serve_helpers import instruct_model_path  # noqa: E402
 
 N_CTX = 1024
 PARTS = ("weights", "kv_cache", "compute")
@@ -56,26 +56,12 @@ def engine(vulkan_env: dict[str, str | None], tmp_path_factory: pytest.TempPathF
     eng.close()
 
 
-def chat_model() -> Path:
-    previous = os.environ.get("QUANTDESK_HOME")
-    os.environ["QUANTDESK_HOME"] = str(SHARED_HOME)
-    try:
-        from desktop.chat_model import ensure_chat_model
-
-        return Path(ensure_chat_model())
-    finally:
-        if previous is None:
-            os.environ.pop("QUANTDESK_HOME", None)
-        else:
-            os.environ["QUANTDESK_HOME"] = previous
-
-
 @pytest.mark.parametrize("which", ["demo", "chat"])
 @pytest.mark.parametrize("partial", [False, True])
 def test_vulkan_buffers_full_and_partial_offload_match_the_plan(
     engine: Engine, machine: memory.Machine, which: str, partial: bool
 ) -> None:
-    model = demo_model_path() if which == "demo" else chat_model()
+    model = demo_model_path() if which == "demo" else instruct_model_path()
     shape = memory.shape_from_gguf(read_gguf(model))
     layers = shape.total_layers // 2 if partial else shape.total_layers
     plan = memory.plan_offload(shape, gpus=machine.gpus, host=machine.host,
