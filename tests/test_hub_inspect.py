@@ -228,11 +228,12 @@ def test_cli_inspect_json(mock_hub: MockHub, capsys: pytest.CaptureFixture[str])
 
 def test_inspect_agrees_with_the_converter_on_architectures() -> None:
     from desktop.convert.checkpoint import SUPPORTED
-    from desktop.hub.inspect import _FALLBACK_ARCHITECTURES, convertible_architectures
+    from desktop.hub.inspect import convertible_architectures
 
     mapping, sentence = convertible_architectures()
-    assert set(mapping) == set(SUPPORTED) == set(_FALLBACK_ARCHITECTURES)
-    assert mapping == _FALLBACK_ARCHITECTURES and "Qwen3" in sentence
+    assert set(mapping) == set(SUPPORTED)
+    assert mapping["MistralForCausalLM"] == "llama" and mapping["Gemma3ForConditionalGeneration"] == "gemma3"
+    assert "Qwen3" in sentence
 
 
 def test_a_server_that_ignores_range_is_read_only_as_far_as_asked(mock_hub: MockHub, tmp_path: Path) -> None:  # noqa: F811
@@ -334,3 +335,36 @@ def test_isolated_inspection_matches_and_keeps_its_limits(mock_hub: MockHub) -> 
     with pytest.raises(UserError) as info:
         isolated("org/gated", memory_limit=64 * 1024 * 1024)  # less than Python itself needs: it cannot finish
     assert info.value.kind in ("out_of_memory", "crash") and info.value.message.endswith("."), info.value
+
+
+def test_the_converter_decides_what_inspect_predicts_and_refuses(mock_hub: MockHub, tmp_path: Path) -> None:  # noqa: F811
+    """10.4: the converter is the one authority on checkpoint -> GGUF. Hub inspect used its own subset of the
+    tensor map (a tensor the converter refuses was silently dropped) and sized norms in their stored dtype while
+    the converter writes them F32; now both pages predict from the converter's output tensors."""
+    from desktop.quant.pipeline import CHECKPOINT, Source, predict_sizes, read_source
+    from desktop.quant.quantize import QuantizeOptions
+
+    files = checkpoint_files()
+    folder = tmp_path / "tiny-llama"
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data.encode() if isinstance(data, str) else data)
+    mock_hub.add_repo("org/tiny-llama", files)
+    hub = {p.name: p.size_bytes for p in inspect("org/tiny-llama").predictions}
+    local = predict_sizes(read_source(Source(folder, CHECKPOINT)), QuantizeOptions(), has_imatrix=False)
+    assert hub and all(hub[name] == local[name] for name in hub), (hub, local)
+
+    odd = dict(files)
+    config = json.loads(files["config.json"])
+    index = json.loads(files["model.safetensors.index.json"])
+    first_shard = sorted(n for n in files if n.endswith(".safetensors"))[0]
+    odd[first_shard] = safetensors_bytes({**{n: ("BF16", (4,)) for n, s in index["weight_map"].items()
+                                             if s == first_shard},
+                                          "model.layers.0.mlp.mystery_proj.weight": ("BF16", (4, 4))})
+    index["weight_map"]["model.layers.0.mlp.mystery_proj.weight"] = first_shard
+    odd["model.safetensors.index.json"] = json.dumps(index)
+    odd["config.json"] = json.dumps(config)
+    mock_hub.add_repo("org/odd-llama", odd)
+    report = inspect("org/odd-llama")
+    assert report.kind == "unsupported" and "mystery_proj" in report.reason and report.next_step

@@ -102,12 +102,21 @@ class Architecture:
         self.hp = ckpt.hparams
         self.arch = GGUF_ARCH[ckpt.architecture]
         self.n_vocab = n_vocab
-        self.n_layer = int(self.hp["num_hidden_layers"])
-        self.n_head = int(self.hp["num_attention_heads"])
+        self.n_layer = self._required("num_hidden_layers")
+        self.n_head = self._required("num_attention_heads")
         self.n_head_kv = int(self.hp.get("num_key_value_heads") or self.n_head)
-        self.n_embd = int(self.hp["hidden_size"])
+        self.n_embd = self._required("hidden_size")
         self.head_dim = int(self.hp.get("head_dim") or self.n_embd // self.n_head)
         self.name_map = gguf.get_tensor_name_map(self.arch, self.n_layer)
+
+    def _required(self, key: str) -> int:
+        """A positive whole number the config must give (its bounds were checked when it was read)."""
+        value = self.hp.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) <= 0:
+            raise UserError(f"The checkpoint's config.json does not give {key}, which conversion needs.",
+                            "Use the model's original release, whose config.json is complete.",
+                            kind="corrupt_checkpoint")
+        return int(value)
 
     @property
     def arch_name(self) -> str:

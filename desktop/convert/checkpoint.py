@@ -92,7 +92,8 @@ def text_hparams(config: dict[str, Any]) -> dict[str, Any]:
 
 def quantization_method(config: dict[str, Any], tensors: dict[str, TensorRef] | None = None) -> str | None:
     """The name of the quantization a checkpoint already carries, or None for plain float weights."""
-    for holder in (config, config.get("text_config") or {}):
+    text = config.get("text_config")
+    for holder in (config, text if isinstance(text, dict) else {}):
         qc = holder.get("quantization_config") or holder.get("compression_config")
         if isinstance(qc, dict):
             method = str(qc.get("quant_method") or qc.get("format") or "unknown").lower()
@@ -124,6 +125,35 @@ def has_tokenizer(path: Path) -> bool:
     return (path / "tokenizer.model").is_file() or (path / "tokenizer.json").is_file()
 
 
+def check_config(config: dict[str, Any]) -> str:
+    """The Hugging Face class of a checkpoint the converter can take, from its config; UserError for an
+    architecture it does not convert or a config that says the weights are already quantized."""
+    architectures = config.get("architectures") or []
+    architecture = architectures[0] if isinstance(architectures, list) and architectures else None
+    if not isinstance(architecture, str) or architecture not in SUPPORTED:
+        what = f"the {str(architecture)[:80]} architecture" if architecture else \
+            "a model whose config.json names no architecture"
+        raise UserError(f"QuantDesk cannot convert {what}; it converts {SUPPORTED_SENTENCE}.",
+                        "Look for a GGUF of this model on Hugging Face instead.", kind="unsupported_architecture")
+    method = quantization_method(config)
+    if method:
+        raise _refuse_quantized(method)
+    return architecture
+
+
+def check_tensors(config: dict[str, Any], tensors: dict[str, TensorRef]) -> None:
+    """UserError for tensors that show quantized weights (GPTQ, AWQ, FP8...) or a dtype the converter cannot read."""
+    method = quantization_method(config, tensors)
+    if method:
+        raise _refuse_quantized(method)
+    for ref in tensors.values():
+        if ref.dtype not in FLOAT_DTYPES and not _ignorable(ref.name):
+            raise UserError(
+                f"The tensor {ref.name} is stored as {ref.dtype}, which QuantDesk cannot convert (F32, F16 and BF16 "
+                "are supported).",
+                "Use a release of the model with F32, F16 or BF16 weights.", kind="unsupported_dtype")
+
+
 def inspect_checkpoint(src: Path | str) -> Checkpoint:
     """Check a folder and return what the converter needs; raise :class:`UserError` for anything it cannot do."""
     src = Path(src)
@@ -135,15 +165,7 @@ def inspect_checkpoint(src: Path | str) -> Checkpoint:
         raise UserError(f"{src.name} has no config.json, so its architecture cannot be known.",
                         "Choose a complete Hugging Face model folder (with config.json).", kind="missing_config")
     config = _read_json(config_path)
-    architectures = config.get("architectures") or []
-    architecture = architectures[0] if architectures else None
-    if architecture not in SUPPORTED:
-        what = f"the {architecture} architecture" if architecture else "a model whose config.json names no architecture"
-        raise UserError(f"QuantDesk cannot convert {what}; it converts {SUPPORTED_SENTENCE}.",
-                        "Look for a GGUF of this model on Hugging Face instead.", kind="unsupported_architecture")
-    method = quantization_method(config)
-    if method:
-        raise _refuse_quantized(method)
+    architecture = check_config(config)
     safetensors = list(src.glob("*.safetensors"))
     if not safetensors:
         pickles = sorted(p.name for p in src.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
@@ -160,16 +182,18 @@ def inspect_checkpoint(src: Path | str) -> Checkpoint:
         raise UserError(f"{src.name} has no tokenizer (tokenizer.json or tokenizer.model).",
                         "Download the tokenizer files of the model into the same folder.", kind="missing_tokenizer")
     tensors = open_checkpoint(src)
-    method = quantization_method(config, tensors)
-    if method:
-        raise _refuse_quantized(method)
-    for ref in tensors.values():
-        if ref.dtype not in FLOAT_DTYPES and not _ignorable(ref.name):
-            raise UserError(
-                f"The tensor {ref.name} is stored as {ref.dtype}, which QuantDesk cannot convert (F32, F16 and BF16 "
-                "are supported).",
-                "Use a release of the model with F32, F16 or BF16 weights.", kind="unsupported_dtype")
+    check_tensors(config, tensors)
     return Checkpoint(src, config, text_hparams(config), architecture, tensors)
+
+
+def remote_checkpoint(config: dict[str, Any], tensors: dict[str, tuple[str, tuple[int, ...]]],
+                      where: str) -> Checkpoint:
+    """A checkpoint known only by its config and its safetensors headers (a Hub repo before download), checked
+    as :func:`inspect_checkpoint` checks a folder, for planning and predicting (no weights can be read)."""
+    architecture = check_config(config)
+    refs = {name: TensorRef(name, Path(where), dtype, shape, 0, 0) for name, (dtype, shape) in tensors.items()}
+    check_tensors(config, refs)
+    return Checkpoint(Path(where), config, text_hparams(config), architecture, refs)
 
 
 def _ignorable(name: str) -> bool:

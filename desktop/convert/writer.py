@@ -13,6 +13,7 @@ import struct
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -159,17 +160,41 @@ def _n_vocab_rows(ckpt: Checkpoint) -> int | None:
     return None
 
 
-def predict_size(src_dir: Path | str, outtype: str = "f16") -> int:
-    """About how many bytes :func:`convert` will write (tensors only, without the vocabulary), after the same checks
-    it runs first; raises :class:`UserError` for a checkpoint it would refuse. Reads no weights and no tokenizer."""
+@dataclass(frozen=True)
+class OutputTensor:
+    """A tensor of the GGUF the converter would write: its GGUF name, numpy-order shape and ggml type name."""
+
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: str
+
+    @property
+    def n_bytes(self) -> int:
+        return type_nbytes(self.shape, QT[self.ggml_type])
+
+
+def _base_type(outtype: str) -> QT:
     if outtype.lower() not in OUTTYPES:
         raise UserError(f"{outtype} is not an output type the converter writes ({', '.join(OUTTYPES)}).",
                         "Pick one of those; other types come from quantizing the result.", kind="bad_outtype")
-    ckpt = inspect_checkpoint(src_dir)
+    return OUTTYPES[outtype.lower()][0]
+
+
+def output_tensors(ckpt: Checkpoint, outtype: str = "f16") -> list[OutputTensor]:
+    """The tensors :func:`convert` writes for ``ckpt`` (a folder's or :func:`remote_checkpoint`'s): the tensor
+    map, what is dropped, what stays F32, and the refusals of tensors it cannot place. Reads no weights."""
+    base = _base_type(outtype)
     rows = _n_vocab_rows(ckpt) or int(ckpt.hparams.get("vocab_size") or 0)
     plan = architecture_for(ckpt, rows).plan()
-    base = OUTTYPES[outtype.lower()][0]
-    return sum(type_nbytes(t.shape, tensor_type(t, base)) for t in plan)
+    return [OutputTensor(t.name, tuple(t.shape), tensor_type(t, base).name) for t in plan]
+
+
+def predict_size(src_dir: Path | str | Checkpoint, outtype: str = "f16") -> int:
+    """About how many bytes :func:`convert` will write (tensors only, without the vocabulary), after the same checks
+    it runs first; raises :class:`UserError` for a checkpoint it would refuse. Reads no weights and no tokenizer."""
+    _base_type(outtype)
+    ckpt = src_dir if isinstance(src_dir, Checkpoint) else inspect_checkpoint(src_dir)
+    return sum(t.n_bytes for t in output_tensors(ckpt, outtype))
 
 
 def convert(
@@ -183,9 +208,7 @@ def convert(
     """Convert a Hugging Face checkpoint folder to one GGUF file; see :mod:`desktop.convert`."""
     started = time.monotonic()
     src, out = Path(src_dir), Path(out_path)
-    if outtype.lower() not in OUTTYPES:
-        raise UserError(f"{outtype} is not an output type the converter writes ({', '.join(OUTTYPES)}).",
-                        "Pick one of those; other types come from quantizing the result.", kind="bad_outtype")
+    _base_type(outtype)
     base_type, file_type = OUTTYPES[outtype.lower()]
     progress(0, 0, "Checking the checkpoint")
     ckpt = inspect_checkpoint(src)

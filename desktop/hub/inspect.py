@@ -26,29 +26,15 @@ from desktop.jobs import CancelledFn, ProgressFn, check_cancelled
 
 log = logging.getLogger(__name__)
 
-_FALLBACK_ARCHITECTURES = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "llama",
-    "Qwen2ForCausalLM": "qwen2",
-    "Qwen3ForCausalLM": "qwen3",
-    "Gemma3ForCausalLM": "gemma3",
-    "Gemma3ForConditionalGeneration": "gemma3",
-    "Phi3ForCausalLM": "phi3",
-}
-"""Used only if :mod:`desktop.convert` cannot be imported; the converter's own table is the authority."""
-
-
 def convertible_architectures() -> tuple[dict[str, str], str]:
-    """(Hugging Face class -> llama.cpp architecture name, a sentence listing them) from the converter."""
-    try:
-        import gguf
+    """(Hugging Face class -> llama.cpp architecture name, a sentence listing them), from the converter."""
+    import gguf
 
-        from desktop.convert.architectures import GGUF_ARCH
-        from desktop.convert.checkpoint import SUPPORTED_SENTENCE
+    from desktop.convert.architectures import GGUF_ARCH
+    from desktop.convert.checkpoint import SUPPORTED_SENTENCE
 
-        return {cls: gguf.MODEL_ARCH_NAMES[arch] for cls, arch in GGUF_ARCH.items()}, SUPPORTED_SENTENCE
-    except ImportError:  # pragma: no cover - the converter ships with the app
-        return dict(_FALLBACK_ARCHITECTURES), "Llama, Mistral, Qwen2, Qwen3, Gemma 3 and Phi-3"
+    return {cls: gguf.MODEL_ARCH_NAMES[arch] for cls, arch in GGUF_ARCH.items()}, SUPPORTED_SENTENCE
+
 
 CONVERSION_FILES = (
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
@@ -58,11 +44,6 @@ CONVERSION_FILES = (
 """Besides the weights, what conversion to GGUF reads."""
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_QUANTIZED_METHODS = {
-    "gptq": "GPTQ", "awq": "AWQ", "fp8": "FP8", "compressed-tensors": "compressed-tensors", "bitsandbytes": "bitsandbytes",
-    "exl2": "EXL2", "hqq": "HQQ", "aqlm": "AQLM", "eetq": "EETQ", "quanto": "Quanto", "torchao": "torchao",
-    "mxfp4": "MXFP4", "fbgemm_fp8": "FP8",
-}
 _SKIPPED_TYPES = {"F32", "Q1_0", "Q2_0"}
 _SKIPPED_FAMILIES = {"ternary", "mxfp4"}
 _GGUF_NEXT = "Look for a GGUF version of this model, or for its original safetensors checkpoint."
@@ -112,15 +93,12 @@ def build_report(listing: RepoListing, ctx: HubContext, *, progress: ProgressFn,
 
 
 def quantized_checkpoint_reason(config: Any) -> str:
-    """The sentence refusing a checkpoint that is already quantized (GPTQ, AWQ, FP8...), or ""."""
-    if not isinstance(config, dict):
-        return ""
-    quant = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config")
-    if isinstance(quant, dict) and quant.get("quant_method"):
-        method = str(quant["quant_method"])
-        label = _QUANTIZED_METHODS.get(method.lower(), method)
-        return f"It is already quantized with {label}, a format llama.cpp cannot convert to GGUF."
-    return ""
+    """The sentence refusing a checkpoint that is already quantized (GPTQ, AWQ, FP8...), or "" (the converter's
+    own test, from the config alone)."""
+    from desktop.convert.checkpoint import quantization_method
+
+    method = quantization_method(config) if isinstance(config, dict) else None
+    return f"It is already quantized with {method}, a format llama.cpp cannot convert to GGUF." if method else ""
 
 
 _QUANTIZED_NEXT = "Use the original, unquantized model (its page usually links it), or a GGUF version."
@@ -154,17 +132,20 @@ def weight_files(listing: RepoListing, ctx: HubContext) -> tuple[list[str], str 
 
 def _checkpoint_report(report: RepoReport, listing: RepoListing, ctx: HubContext, progress: ProgressFn,
                        cancelled: CancelledFn) -> RepoReport:
+    """Ask the converter what it would do with this checkpoint, from config.json and the safetensors headers."""
+    from desktop.convert import output_tensors, remote_checkpoint
+
     progress(0, 0, "Reading config.json...")
     config = read_config(listing, ctx)
-    quantized = quantized_checkpoint_reason(config)
-    if quantized:
-        return _unsupported(report, quantized, _QUANTIZED_NEXT)
-    architectures = config.get("architectures") or []
-    report.architecture = str(architectures[0]) if architectures else str(config.get("model_type") or "")
-    architectures_map, supported_sentence = convertible_architectures()
-    report.gguf_arch = architectures_map.get(report.architecture, "")
+    architectures = config.get("architectures")
+    report.architecture = str(architectures[0]) if isinstance(architectures, list) and architectures else \
+        str(config.get("model_type") or "")
+    report.gguf_arch = convertible_architectures()[0].get(report.architecture, "")
     report.attention = shape_from_config(config)
     report.context_length = report.attention.n_ctx_train
+    quantized = quantized_checkpoint_reason(config)
+    if quantized:  # before reading any header: the config says enough
+        return _unsupported(report, quantized, _QUANTIZED_NEXT)
 
     shards, index = weight_files(listing, ctx)
     tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
@@ -181,23 +162,15 @@ def _checkpoint_report(report: RepoReport, listing: RepoListing, ctx: HubContext
         counts[dtype] += n
     report.parameter_count = sum(counts.values())
     report.dtype = counts.most_common(1)[0][0] if counts else ""
-    if report.dtype.startswith("F8"):
-        return _unsupported(
-            report,
-            f"Its weights are stored in FP8 ({report.dtype}), which llama.cpp's conversion cannot read.",
-            "Use the BF16 or F16 version of this model, or a GGUF version.",
-        )
-    if not report.gguf_arch:
-        return _unsupported(
-            report,
-            f"QuantDesk cannot convert the {report.architecture or 'unknown'} architecture to GGUF yet; "
-            f"it converts {supported_sentence}.",
-            "Look for a GGUF version of this model (search with the GGUF filter).",
-        )
+    check_cancelled(cancelled)
+    try:  # the converter's refusals: architecture, quantized weights, dtypes, tensors it cannot place
+        outputs = output_tensors(remote_checkpoint(config, tensors, listing.repo_id), "f16")
+    except UserError as exc:
+        return _unsupported(report, exc.message, exc.next_step or _GGUF_NEXT)
     report.kind = "checkpoint"
     present = {f.path for f in listing.files}
     report.download_files = checkpoint_download_files(present, shards, index)
-    report.predictions = predict_quant_sizes(tensors, report.gguf_arch, report.attention.n_layer, cancelled)
+    report.predictions = predict_quant_sizes(outputs, report.gguf_arch, report.attention.n_layer, cancelled)
     return report
 
 
@@ -207,38 +180,14 @@ def checkpoint_download_files(present: set[str], shards: list[str], index: str |
     return sorted([p for p in CONVERSION_FILES if p in present] + shards + extra + ([index] if index else []))
 
 
-def gguf_tensor_specs(tensors: dict[str, tuple[str, tuple[int, ...]]], gguf_arch: str, n_layers: int) -> list[Any]:
-    """The checkpoint's tensors under their GGUF names, as :class:`desktop.quant.sizing.TensorSpec`; tensors the
-    converter drops (vision towers, rotary caches) are left out."""
-    import gguf
-
-    from desktop.quant.sizing import TensorSpec
-
-    arch = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}[gguf_arch]
-    name_map = gguf.get_tensor_name_map(arch, n_layers)
-    specs = []
-    for hf_name, (dtype, shape) in tensors.items():
-        if hf_name.endswith((".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")):
-            continue
-        name = hf_name
-        for prefix, replacement in (("model.language_model.", "model."), ("language_model.", "")):
-            if name.startswith(prefix):
-                name = replacement + name[len(prefix):]
-        mapped = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
-        if mapped is None:
-            continue
-        source = dtype if dtype in ("F32", "F16", "BF16") else "F16"
-        specs.append(TensorSpec(mapped, shape, source))
-    return specs
-
-
-def predict_quant_sizes(tensors: dict[str, tuple[str, tuple[int, ...]]], gguf_arch: str,
-                        n_layers: int, cancelled: CancelledFn = lambda: False) -> list[QuantPrediction]:
-    """The GGUF size of every worthwhile quant type of this checkpoint, largest first."""
+def predict_quant_sizes(outputs: list[Any], gguf_arch: str, n_layers: int,
+                        cancelled: CancelledFn = lambda: False) -> list[QuantPrediction]:
+    """The GGUF size of every worthwhile quant type of this checkpoint, largest first, quantized from the GGUF
+    the converter writes (``outputs``: :func:`desktop.convert.output_tensors`), as the Quantize page does."""
+    from desktop.quant.sizing import TensorSpec, predict_size
     from desktop.quant.types import QUANT_TYPES
-    from desktop.quant.sizing import predict_size
 
-    specs = gguf_tensor_specs(tensors, gguf_arch, n_layers)
+    specs = [TensorSpec(o.name, o.shape, o.ggml_type) for o in outputs]
     n_params = sum(s.n_elements for s in specs) or 1
     predictions = []
     for qt in QUANT_TYPES:
