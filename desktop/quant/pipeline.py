@@ -136,17 +136,14 @@ def read_source(source: Source) -> SourceInfo:
 def _read_checkpoint(source: Source) -> SourceInfo:
     import gguf
 
-    from desktop.convert import inspect_checkpoint
+    from desktop.convert import inspect_checkpoint, output_tensors
     from desktop.convert.architectures import GGUF_ARCH
-    from desktop.hub.inspect import gguf_tensor_specs
 
     ckpt = inspect_checkpoint(source.path)
     arch = gguf.MODEL_ARCH_NAMES[GGUF_ARCH[ckpt.architecture]]
     n_layer = int(ckpt.hparams.get("num_hidden_layers") or 0)
-    specs = gguf_tensor_specs({n: (r.dtype, r.shape) for n, r in ckpt.tensors.items()}, arch, n_layer)
-    # The converter keeps 1-D tensors and norms in F32; everything else is F16/BF16 in its output.
-    specs = [replace(s, source_type="F32" if len(s.shape) < 2 or s.name.endswith("_norm.weight") else "F16")
-             for s in specs]
+    # The tensors of the F16 GGUF the converter writes (names, shapes, what stays F32), as the converter says.
+    specs = [sizing.TensorSpec(o.name, o.shape, o.ggml_type) for o in output_tensors(ckpt, "f16")]
     tensors = sizing.ModelTensors(specs, arch=arch, hparams={"n_layer": n_layer})
     dtypes = sorted({r.dtype for r in ckpt.tensors.values()})
     n_params = sum(s.n_elements for s in specs)
@@ -173,7 +170,9 @@ def predict_sizes(info: SourceInfo, options: Any, *, has_imatrix: bool,
         except (UserError, KeyError, ValueError, re.error) as exc:
             sizes[quant.name] = str(exc)
     if info.source.is_checkpoint:
-        sizes[CONVERT_STEP] = sizing.predict_size(info.tensors, convert_type)
+        from desktop.convert import predict_size as converted_size
+
+        sizes[CONVERT_STEP] = converted_size(info.source.path, convert_type.lower())
     return sizes
 
 
