@@ -19,6 +19,7 @@ from desktop.library import ModelEntry
 from desktop.eval.recommend import DEFAULT_TYPES, Recommendation
 from desktop.ui.compare.chart import CompareChart
 from desktop.ui.compare.find import FindPanel
+from desktop import memory
 from desktop.eval.compare import Request, Row, find_job, load_job, measure_job
 from desktop.ui.compare.select import SelectionPanel
 from desktop.ui.compare.table import ResultsTable
@@ -234,7 +235,8 @@ class ComparePage(Page):
         job = Job(f"Find my quant for {base.path.stem}", functools.partial(
             find_job, base.path, base.parameters, self.selection.all_quants(), limits=limits, types=tuple(types) or DEFAULT_TYPES, text_path=self.selection.text_path(),
             eval_ctx=self.selection.context.value(), max_chunks=self.selection.chunks.value(),
-            out_dir=settings.models_dir()))
+            out_dir=settings.models_dir(),
+            machine=memory.machine_from_report(self._report) if self._report is not None else None))
         job.sig_result.connect(self._on_recommended)
         self.find.show_running(f"Looking for the quant that meets {limits.describe()}…")
         return self._start(job, "Finding your quant: making and measuring what it needs…")
