@@ -38,8 +38,9 @@ GPU_FREE = 1_600_000_000  # the demo model then fits partly: CUDA overhead, marg
 
 def hardware_report(*, llama_cuda: bool, gpu_free: int = GPU_FREE) -> HardwareReport:
     """An NVIDIA card NVML sees, next to a llama.cpp with a CUDA device for it (or a CPU-only llama.cpp)."""
-    gpu = GpuInfo(0, "Test GPU", "CUDA", 4 * GB, gpu_free, "nvml")
-    devices = [LlamaDevice("CUDA0", "Test GPU", "GPU", "CUDA", 4 * GB, gpu_free)] if llama_cuda else []
+    total = max(4 * GB, gpu_free + GB)
+    gpu = GpuInfo(0, "Test GPU", "CUDA", total, gpu_free, "nvml")
+    devices = [LlamaDevice("CUDA0", "Test GPU", "GPU", "CUDA", total, gpu_free)] if llama_cuda else []
     llama = LlamaBuild(available=True, supports_gpu_offload=llama_cuda, devices=devices)
     return HardwareReport("Linux", CpuInfo("Test CPU", 2, 2, "x86_64", []), MemoryInfo(16 * GB, 8 * GB), [gpu],
                           llama, [])
