@@ -6,6 +6,7 @@ import dataclasses
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
@@ -33,18 +34,16 @@ def cpu_only_report() -> hardware.HardwareReport:
     )
 
 
-@pytest.fixture
-def page(qtbot: QtBot) -> Iterator[ChatPage]:
+def open_page(qtbot: QtBot, model: Path, source: str, jobs: JobManager) -> ChatPage:
+    """A Chat page on ``model``, small and greedy: the machine's two cores are shared."""
     library = Library()
-    library.add_file(demo_model_path(), source=DEMO_SOURCE)
-    jobs = JobManager()
+    library.add_file(model, source=source)
     chat = ChatPage(jobs)
     qtbot.addWidget(chat)
     chat.resize(1100, 760)
     chat.show()
     chat.set_models(library.models())
     chat.set_hardware_report(cpu_only_report())
-    # small and single-threaded: the machine's two cores are shared
     chat.offload.context.setValue(1024)
     chat.offload.threads.setValue(1)
     chat.settings.temperature.setValue(0.0)
@@ -52,6 +51,13 @@ def page(qtbot: QtBot) -> Iterator[ChatPage]:
     chat.settings.repeat_penalty.setValue(1.0)
     chat.settings.max_tokens.setValue(24)
     qtbot.waitUntil(lambda: chat.offload.plan is not None, timeout=30_000)
+    return chat
+
+
+@pytest.fixture
+def page(qtbot: QtBot) -> Iterator[ChatPage]:
+    jobs = JobManager()
+    chat = open_page(qtbot, demo_model_path(), DEMO_SOURCE, jobs)
     yield chat
     chat.shutdown()
     jobs.stop_all(timeout_s=5.0)

@@ -169,6 +169,14 @@ class SpeedGraph(QWidget):
         self.redraw()
         self._timer.stop()
 
+    def add_history(self, metrics: ReplyMetrics) -> None:
+        """A reply drawn elsewhere (an API request answered while the window's own reply has the curve): its bar."""
+        if metrics.generated_tokens > 0:
+            self._history.append(metrics.generation_tokens_per_s)
+            self._dirty = True
+            if not self._timer.isActive():
+                self.redraw()
+
     def set_history(self, metrics: Iterable[Mapping[str, Any] | None]) -> None:
         """The conversation's earlier replies (their stored metrics), oldest first; clears the current curve."""
         self._history = [float(m["generation_tokens_per_s"]) for m in metrics if m and m.get("generated_tokens")]

@@ -139,6 +139,7 @@ class ModelMixin:
     def _on_loaded(self, metadata: dict, memory: dict) -> None:  # type: ignore[type-arg]
         self.loaded_metadata = metadata
         self.set_running(False)
+        self.serve.set_model(self.worker.turns, str(metadata.get("name") or "model"))
         where = f"{metadata.get('n_gpu_layers', 0)} layers on the GPU" if metadata.get("n_gpu_layers") else "on the CPU"
         safe = ", safe mode" if self._safe_mode else ""
         self.set_status(

@@ -30,6 +30,7 @@ from desktop.ui.chat.history import HistoryMixin
 from desktop.ui.chat.model import ModelMixin
 from desktop.ui.chat.offload import OffloadPanel
 from desktop.ui.chat.panels import STYLE, Composer, ModelBar, SpeedCard, scrolled
+from desktop.ui.chat.serve import ServePanel
 from desktop.ui.chat.settings import SettingsPanel
 from desktop.ui.chat.store import StoreQueue
 from desktop.ui.chat.transcript import NoticeBar, Transcript
@@ -116,6 +117,12 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(scrolled(self.offload), "Model && memory")
         self.tabs.addTab(scrolled(self.settings), "Prompt && sampling")
+        self.serve = ServePanel(self._jobs)
+        self.serve.sig_request_started.connect(self._on_api_started)
+        self.serve.sig_tokens.connect(self._on_api_tokens)
+        self.serve.sig_request_done.connect(self._on_api_done)
+        self.tabs.addTab(scrolled(self.serve), "Serve")
+        self._api_request = ""
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.conversations)
@@ -190,6 +197,7 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
         bubble = self.transcript.add("assistant")
         bubble.set_footer("Reading the prompt…")
         started = time.perf_counter()
+        self._api_request = ""  # the graph follows the window's reply now
         request_id = self.worker.chat(self.engine_messages(), self.settings.sampling(), on_overflow=self.session.overflow)
         self.session.begin_reply(request_id, bubble, started)
         self.graph.begin_reply(started)
@@ -241,6 +249,26 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
             self.graph.end_reply(metrics)
             self.sig_reply_finished.emit(text, metrics)
         self._update_controls()
+
+    # ---- API requests (the Serve tab) on the same live graph
+    @Slot(str, float)
+    def _on_api_started(self, request_id: str, started: float) -> None:
+        if self.reply is None:
+            self._api_request = request_id
+            self.graph.begin_reply(started)
+
+    @Slot(str, object)
+    def _on_api_tokens(self, request_id: str, stamps: list) -> None:  # type: ignore[type-arg]
+        if request_id == self._api_request:
+            self.graph.add_tokens(stamps)
+
+    @Slot(str, object)
+    def _on_api_done(self, request_id: str, metrics: ReplyMetrics | None) -> None:
+        if request_id == self._api_request:
+            self._api_request = ""
+            self.graph.end_reply(metrics)
+        elif metrics is not None:  # answered while the window's reply had the curve: its bar still counts
+            self.graph.add_history(metrics)
 
     @Slot()
     def stop(self) -> None:
@@ -346,5 +374,6 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
             return
         self._closed = True
         self._render_timer.stop()
+        self.serve.shutdown()
         self.worker.shutdown(timeout_s=3.0)
         self.store.close()
