@@ -148,3 +148,18 @@ def test_with_weights_keeps_the_size_exactly() -> None:
     sized = shape.with_weights(4_920_000_123)
     assert sized.weights_known and sized.weights_bytes == 4_920_000_123
     assert sized.with_weights(1_000_000).weights_bytes == 1_000_000
+
+
+def test_a_gpu_engine_with_no_layer_offloaded_still_uses_its_gpu() -> None:
+    # llama.cpp's op offload runs prompt batches on the main GPU: the backend's overhead and a compute buffer
+    # (measured on Vulkan: 97.25 MiB with 0 of 9 layers, the copied output weight included) are taken there
+    shape = shape_from_config(LLAMA32_1B).with_weights(808_000_000)
+    gpus = [GpuBudget("H200", H200, H200, backend="CUDA"), GpuBudget("second", H200, H200, backend="CUDA")]
+    plan = plan_offload(shape, gpus=gpus, host=HostBudget(64 * 10**9), options=PlanOptions(n_ctx=4096),
+                        n_gpu_layers=0)
+    main, second = plan.gpus[0].breakdown, plan.gpus[1].breakdown
+    assert plan.verdict == "cpu_only" and "still runs prompt batches on the GPU" in plan.message
+    assert main.weights == main.kv_cache == 0 and main.overhead == 558_000_000
+    assert main.compute >= sizes.logits_bytes(shape, 4096) + shape.output_bytes
+    assert second.used == 0  # only the main GPU
+    assert plan.host.breakdown.compute == (sizes.host_compute_bytes(shape, 4096) + sizes.output_buffer_bytes(shape))

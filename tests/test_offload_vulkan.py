@@ -57,13 +57,15 @@ def engine(vulkan_env: dict[str, str | None], tmp_path_factory: pytest.TempPathF
 
 
 @pytest.mark.parametrize("which", ["demo", "chat"])
-@pytest.mark.parametrize("partial", [False, True])
-def test_vulkan_buffers_full_and_partial_offload_match_the_plan(
-    engine: Engine, machine: memory.Machine, which: str, partial: bool
+@pytest.mark.parametrize("share", ["all", "half", "none"])
+def test_vulkan_buffers_full_partial_and_no_offload_match_the_plan(
+    engine: Engine, machine: memory.Machine, which: str, share: str
 ) -> None:
+    """With no layer offloaded the Vulkan engine still takes a compute buffer on the GPU (prompt batches run
+    there), so "none" is checked too."""
     model = demo_model_path() if which == "demo" else instruct_model_path()
     shape = memory.shape_from_gguf(read_gguf(model))
-    layers = shape.total_layers // 2 if partial else shape.total_layers
+    layers = {"all": shape.total_layers, "half": shape.total_layers // 2, "none": 0}[share]
     plan = memory.plan_offload(shape, gpus=machine.gpus, host=machine.host,
                                options=memory.PlanOptions(n_ctx=N_CTX), n_gpu_layers=layers)
     loaded = engine.load_and_wait(LoadOptions(str(model), n_ctx=N_CTX, n_gpu_layers=layers), timeout=600)

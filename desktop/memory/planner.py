@@ -208,8 +208,12 @@ def _evaluate(shape: ModelShape, n_gpu_layers: int, gpus: Sequence[GpuBudget], h
     if limit is not None and shape.output_bytes > limit:
         placement[-1] = -1  # llama.cpp keeps a weight the device cannot hold on the CPU, and the logits with it
     used = sorted({d for d in placement if d >= 0})
-    engine = gpus[used[0]].backend if used else "CPU"
+    engine = gpus[0].backend if gpus else "CPU"
     flash = sizes.flash_attention(options.flash_attn, engine, options.cache_v)
+    # a GPU engine runs prompt batches on its main GPU (llama.cpp's op offload), even the host's layers, copying
+    # their weights over: the logits too when the output weight stayed on the host and the GPU can take it
+    main_limit = gpus[0].max_tensor_bytes if gpus else None
+    logits_on_gpu = bool(gpus) and placement[-1] < 0 and (main_limit is None or shape.output_bytes <= main_limit)
 
     gpu_weights, gpu_kv, gpu_layers = [0] * len(gpus), [0] * len(gpus), [0] * len(gpus)
     gpu_has_output = [False] * len(gpus)
@@ -240,10 +244,13 @@ def _evaluate(shape: ModelShape, n_gpu_layers: int, gpus: Sequence[GpuBudget], h
     gpu_plans: list[DevicePlan] = []
     unified_need = 0
     for index, gpu in enumerate(gpus):
-        on = gpu_layers[index] > 0
+        main = index == 0
+        on = gpu_layers[index] > 0 or main
+        copy = shape.output_bytes if main and logits_on_gpu else 0
         compute = sizes.compute_buffer_bytes(
             shape, options.n_ctx, backend_name=gpu.backend, n_ubatch=options.n_ubatch, flash_attn=flash,
-            with_output=gpu_has_output[index], partial=partial) if on else 0
+            with_output=gpu_has_output[index] or bool(copy), partial=partial or n_gpu_layers == 0,
+            output_weight_copy=copy) if on else 0
         breakdown = MemoryBreakdown(weights=gpu_weights[index], kv_cache=gpu_kv[index], compute=compute,
                                     overhead=sizes.backend(gpu.backend).overhead_bytes if on else 0,
                                     margin=options.gpu_margin_bytes if on else 0)
@@ -253,9 +260,9 @@ def _evaluate(shape: ModelShape, n_gpu_layers: int, gpus: Sequence[GpuBudget], h
         if gpu.unified_memory:
             unified_need += breakdown.used
 
-    if used:
+    if gpus:
         host_compute = sizes.host_compute_bytes(shape, options.n_ctx, n_ubatch=options.n_ubatch, flash_attn=flash)
-        if placement[-1] < 0:  # the output layer stayed on the CPU: its logits are computed there
+        if placement[-1] < 0 and not logits_on_gpu:  # an output weight no GPU takes: the logits stay here
             host_compute = max(host_compute, sizes.logits_bytes(shape, options.n_ctx, n_ubatch=options.n_ubatch))
     else:
         host_compute = sizes.compute_buffer_bytes(shape, options.n_ctx, backend_name="CPU",
@@ -286,7 +293,8 @@ def _verdict(shape: ModelShape, n_gpu_layers: int, gpus: Sequence[GpuBudget], gp
         return "does_not_fit", (f"Does not fit: {where} needs {format_bytes(worst.need_bytes)} but has "
                                 f"{format_bytes(max(0, worst.budget_bytes))}.")
     if n_gpu_layers == 0:
-        return "cpu_only", "Fits in system memory" + (" (no layers on the GPU)." if gpus else ".")
+        return "cpu_only", "Fits in system memory" + (
+            " (no layers on the GPU). llama.cpp still runs prompt batches on the GPU." if gpus else ".")
     if n_gpu_layers >= shape.total_layers:
         return "fits", f"Fits entirely on the GPU ({n_gpu_layers} of {shape.total_layers} layers)."
     return "fits_partly", f"Fits with {n_gpu_layers} of {shape.total_layers} layers on the GPU, the rest on the CPU."

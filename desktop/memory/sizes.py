@@ -13,7 +13,8 @@ Every formula here exists once; the planner (:mod:`desktop.memory.planner`) plac
   ``n_vocab x n_ub + 2 x n_embd x n_ub``. The mask is f32 (f16 with flash attention), ``n_kv x n_ub``; ``k`` is
   5.5 on the CPU, 4.5 on CUDA, 3.5 on Vulkan (the measured differences between backends).
 * Host compute under GPU offload: with a GPU backend llama.cpp runs big batches of CPU-resident layers on the
-  GPU too, so the host keeps only the inputs: the mask and about 2.5 ``n_embd x n_ub`` tensors (CUDA_Host
+  GPU too (op offload, even with no layer offloaded: the main GPU then holds a compute buffer, the copied output
+  weight for the logits included, and the backend's overhead), so the host keeps only the inputs: the mask and about 2.5 ``n_embd x n_ub`` tensors (CUDA_Host
   compute 19.4 MB measured for a Llama-3.2-1B shape at 4096 with 17 and with 8 of 17 layers offloaded).
 * Overhead: what a backend takes on each GPU it uses beyond llama.cpp's buffers (context, cuBLAS workspace),
   from NVML before/after load: CUDA about 558 MB, Vulkan about 52 MB (H200, driver 580). Backends not measured
@@ -155,10 +156,11 @@ def _mask_bytes(shape: ModelShape, n_ctx: int, n_ub: int, flash_attn: bool) -> i
 
 def compute_buffer_bytes(shape: ModelShape, n_ctx: int, *, backend_name: str = "CPU",
                          n_ubatch: int = DEFAULT_N_UBATCH, flash_attn: bool = True, with_output: bool = True,
-                         partial: bool = False) -> int:
+                         partial: bool = False, output_weight_copy: int = 0) -> int:
     """One device's compute buffer as llama.cpp sizes it (see the module's notes for the measurements).
 
     ``partial``: a GPU that does not hold every layer also receives the activations of the host's layers.
+    ``output_weight_copy``: the bytes of a host-resident output weight a GPU copies in to compute the logits.
     """
     n_ub = _micro_batch(n_ctx, n_ubatch)
     n_kv = _pad(max(1, n_ctx))
@@ -167,7 +169,7 @@ def compute_buffer_bytes(shape: ModelShape, n_ctx: int, *, backend_name: str = "
     scores = 0 if flash_attn else 4 * shape.n_head * n_kv * n_ub
     attention = scores + mask + int(backend(backend_name).attention_embd * embd)
     feed_forward = mask + 4 * 3 * shape.n_ff * n_ub + 4 * embd
-    logits = logits_bytes(shape, n_ctx, n_ubatch=n_ubatch) if with_output else 0
+    logits = logits_bytes(shape, n_ctx, n_ubatch=n_ubatch) + output_weight_copy if with_output else 0
     return max(attention, feed_forward, logits) + (embd if partial else 0)
 
 
