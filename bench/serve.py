@@ -6,7 +6,9 @@ child code, the same model, threads, prompt, greedy sampling and number of token
 it: tokens received per second between the first and the last token. Through the server that is the first and
 last streamed chunk, with the token count from the stream's ``usage``. Runs alternate, engine then server; the
 ratio is the median of the per-pair ratios (robust to load from other programs; which side goes first alternates); llama.cpp's own counters of both
-sides are printed too (the server's arrive as llama-server's ``timings``).
+sides are printed too (the server's arrive as llama-server's ``timings``). On a shared machine the two engine
+children get different shares of the CPU from run to run; the third line divides that out: each side's delivered
+rate over llama.cpp's own rate in the same request, server against engine.
 
     python bench/serve.py [--model M.gguf] [--tokens 128] [--threads N] [--runs 5]
 
@@ -136,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         "engine_tok_s": round(statistics.median(p["engine"] for p in pairs), 2),
         "ratio": round(ratio, 3),
         "counter_ratio": round(statistics.median(p["server_counter"] / p["engine_counter"] for p in pairs), 3),
+        "server_delivery": round(statistics.median(p["server"] / p["server_counter"] for p in pairs), 3),
+        "engine_delivery": round(statistics.median(p["engine"] / p["engine_counter"] for p in pairs), 3),
+        "delivery_ratio": round(statistics.median((p["server"] / p["server_counter"]) / (p["engine"] / p["engine_counter"])
+                                                  for p in pairs), 3),
         "server_llama_counter_tok_s": round(statistics.median(p["server_counter"] for p in pairs), 2),
         "engine_llama_counter_tok_s": round(statistics.median(p["engine_counter"] for p in pairs), 2),
         "tokens_per_run": sorted({int(p["server_tokens"]) for p in pairs} | {int(p["engine_tokens"]) for p in pairs}),
@@ -150,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"llama.cpp's own counters: server {result['server_llama_counter_tok_s']} tok/s, "
           f"engine {result['engine_llama_counter_tok_s']} tok/s, ratio {result['counter_ratio']:.3f} "
           "(what the two engine children got from the CPU, before any HTTP)")
+    print(f"delivered / llama.cpp's rate in the same request: server {result['server_delivery']}, "
+          f"engine {result['engine_delivery']}, ratio {result['delivery_ratio']:.3f} (the serving path's own cost, "
+          "free of the CPU share each child got)")
     return 0
 
 
