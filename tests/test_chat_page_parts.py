@@ -85,13 +85,16 @@ def test_tokens_reach_the_gui_in_batches_and_in_order(qtbot: QtBot) -> None:
     worker = EngineWorker()
     batches: list[tuple[str, str, int]] = []
     order: list[str] = []
-    worker.sig_tokens.connect(lambda rid, text, stamps: (batches.append((rid, text, len(stamps))), order.append("t")))
+    stamps_seen: list[float] = []
+    worker.sig_tokens.connect(lambda rid, text, stamps: (batches.append((rid, text, len(stamps))), order.append("t"),
+                                                         stamps_seen.extend(stamps)))
     worker.sig_reply_done.connect(lambda rid, text, metrics: order.append("done"))
     pieces = [f"{i}," for i in range(300)]
 
-    def reader_thread() -> None:  # what the engine's reader thread does
-        for piece in pieces:
-            worker._on_engine_event(EngineEvent("token", {"request_id": "r1", "text": piece}))
+    def reader_thread() -> None:  # what the engine's reader thread does with the child's batches of 3 tokens
+        for i in range(0, len(pieces), 3):
+            stamps = [1000.0 + k / 100 for k in range(i, i + 3)]
+            worker._on_engine_event(EngineEvent("tokens", {"request_id": "r1", "text": "".join(pieces[i : i + 3]), "stamps": stamps}))
         worker._on_engine_event(EngineEvent("reply_done", {"request_id": "r1", "text": "".join(pieces), "metrics": METRICS}))
 
     thread = threading.Thread(target=reader_thread)
@@ -100,6 +103,7 @@ def test_tokens_reach_the_gui_in_batches_and_in_order(qtbot: QtBot) -> None:
     qtbot.waitUntil(lambda: "done" in order, timeout=5_000)
     assert "".join(text for _, text, _ in batches) == "".join(pieces)
     assert sum(n for _, _, n in batches) == 300 and len(batches) < 30
+    assert stamps_seen == [1000.0 + k / 100 for k in range(300)]  # every token keeps the engine's own stamp
     assert order[-1] == "done" and {rid for rid, _, _ in batches} == {"r1"}
 
 

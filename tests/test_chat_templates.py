@@ -186,3 +186,39 @@ def test_nvml_used_memory_and_its_delta() -> None:
     ]
     assert nvml_used_bytes(FakeNvml([1], fail_init=True)) is None
     assert nvml_delta(None, [1]) is None
+
+
+def test_a_template_with_nested_loops_is_stopped_at_its_deadline() -> None:
+    import threading
+    import time
+
+    nested = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    started = time.monotonic()
+    with pytest.raises(UserError, match="took more than 0.5 s") as info:
+        ct.render(nested, CONVERSATION, timeout_s=0.5)
+    assert info.value.kind == "template" and time.monotonic() - started < 3
+    # the deadline of a render that finished in time never fires later
+    assert ct.render(HF_STYLE, CONVERSATION, timeout_s=0.05).startswith("<|system|>")
+    done = threading.Event()
+    threading.Timer(0.2, done.set).start()
+    while not done.is_set():  # a stray asynchronous exception would land in this loop
+        sum(range(1000))
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",  # the output grows past the cap
+        "{{ 'x' * 1000000000 }}",  # one multiplication would allocate a gigabyte
+        "{{ ['x'] * 1000000000 }}",
+    ],
+)
+def test_a_template_that_writes_without_end_is_capped(source: str) -> None:
+    with pytest.raises(UserError, match="more than 8,000,000 characters"):
+        ct.render(source, CONVERSATION)
+
+
+def test_a_template_cannot_compute_an_enormous_number() -> None:
+    with pytest.raises(UserError, match="enormous number"):
+        ct.render("{{ 2 ** 100000000 }}", CONVERSATION)
+    assert ct.render("{{ 'ab' * 2 }}{{ 2 ** 10 }}", CONVERSATION) == "abab1024"

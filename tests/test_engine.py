@@ -82,11 +82,16 @@ def test_load_reports_progress_metadata_and_memory(loaded: dict[str, object], in
 def test_a_reply_streams_and_its_metrics_are_llama_cpps_counters(
     engine: Engine, loaded: object, model: Path, info: GGUFInfo
 ) -> None:
-    events: list[EngineEvent] = []
-    reply = engine.ask(COUNTING, GREEDY, on_token=lambda t: events.append(EngineEvent("token", {"text": t})))
-    assert len(events) >= 5  # streamed piece by piece
-    assert "".join(e.data["text"] for e in events) == reply.text
-    assert reply.text.strip()
+    import time
+
+    texts: list[str] = []
+    asked_at = time.perf_counter()
+    reply = engine.ask(COUNTING, GREEDY, on_token=texts.append)
+    answered_at = time.perf_counter()
+    assert "".join(texts) == reply.text and reply.text.strip()
+    # one stamp per token, taken in the engine process on the same clock as this one
+    assert len(reply.stamps) == len(reply.tokens) == GREEDY.max_tokens
+    assert list(reply.stamps) == sorted(reply.stamps) and asked_at < reply.stamps[0] <= reply.stamps[-1] < answered_at
     m = reply.metrics
     counters = m.llama_perf
     assert m.prompt_tokens == counters["n_p_eval"] and m.generated_tokens == counters["n_eval"]
@@ -98,6 +103,35 @@ def test_a_reply_streams_and_its_metrics_are_llama_cpps_counters(
     assert m.completion_tokens == GREEDY.max_tokens and m.finish_reason == "length"
     assert m.generated_tokens == m.completion_tokens - 1  # the last sampled token is not decoded
     assert m.ttft_s is not None and 0 < m.ttft_s < m.total_s
+
+
+def test_a_greedy_reply_is_llama_cpp_pythons_own_completion(model: Path, info: GGUFInfo, tmp_path: Path) -> None:
+    import llama_cpp
+
+    from desktop.chat.templates import choose_template, render
+    from desktop.llama.params import patched_model_params
+
+    sampling = Sampling(temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, max_tokens=40)
+    messages = [{"role": "user", "content": "Write a short poem about the sea."}]
+    with Engine(log_path=tmp_path / "e.log") as fresh:  # an empty KV cache, as llama-cpp-python's below
+        fresh.load_and_wait(LoadOptions(str(model), n_ctx=N_CTX, n_threads=1))
+        reply = fresh.ask(messages, sampling)
+    with patched_model_params():
+        llm = llama_cpp.Llama(str(model), n_ctx=N_CTX, n_threads=1, n_threads_batch=1, swa_full=False, verbose=False)
+    try:
+        prompt = render(choose_template(info.chat_template, info.architecture), messages, bos_token="<bos>")
+        tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        theirs: list[int] = []
+        for token in llm.generate(tokens, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token) or len(theirs) == sampling.max_tokens:
+                break
+            theirs.append(token)
+        completion = llm.create_completion(tokens, max_tokens=40, temperature=0.0, top_k=1, top_p=1.0, min_p=0.0,
+                                           repeat_penalty=1.0, stop=["<end_of_turn>"])
+    finally:
+        llm.close()
+    assert list(reply.tokens) == theirs and len(theirs) >= 10
+    assert reply.text == completion["choices"][0]["text"]
 
 
 def _prompt_length(model: Path, info: GGUFInfo, messages: list[dict[str, str]]) -> int:
@@ -193,7 +227,7 @@ def test_killing_the_engine_mid_reply_is_survived_and_reported(model: Path, tmp_
 
     def on_event(event: EngineEvent) -> None:
         received.append(event)
-        if event.kind == "token":
+        if event.kind == "tokens":
             first_token.set()
         if event.kind in ("exited", "loaded") or (event.kind == "error"):
             done.set()

@@ -13,8 +13,8 @@ Requests (parent -> child)
         ``on_overflow``: "error" (default) or "drop_oldest". With ``prompt`` (a string) instead of messages the
         text is completed as it is: no chat template, no template stop strings, no dropped turns.
     ``("stop", {})``       stop every load or chat received so far; acts within one token (the child's reader thread
-        sets a mark that the generation loop checks per token and llama.cpp's abort callback checks during
-        prompt prefill).
+        sets a mark that the generation loop checks before each decode and llama.cpp's abort callback checks
+        during the prompt prefill).
     ``("unload", {})``     free the model.
     ``("shutdown", {})``   stop, free, exit.  (``("cancel",)`` from :func:`desktop.process.terminate_all` too.)
 
@@ -28,10 +28,14 @@ Events (child -> parent); each is delivered as an :class:`EngineEvent`
     ``load_cancelled {}``                         a stop arrived during the load.
     ``prompt_started {request_id, prompt_tokens, dropped_messages}``   the prompt is rendered and fits; prefill
         begins (a stop from here on aborts it inside ``llama_decode``).
-    ``token {request_id, text}``                  a piece of the reply (one token's text, held back around
-        incomplete UTF-8 and possible stop strings).
-    ``reply_done {request_id, text, metrics}``    the reply ended; see :class:`ReplyMetrics` (from llama.cpp's
-        ``llama_perf_context`` counters, reset before each request; TTFT measured with ``perf_counter``).
+    ``tokens {request_id, text, stamps}``         the next part of the reply, sent every ~15 ms (the first token
+        at once): ``text`` is what these tokens add (held back around incomplete UTF-8 and possible stop strings,
+        so it may be ""), ``stamps`` one ``time.perf_counter()`` per token, taken in the child when llama.cpp
+        sampled it (a system-wide monotonic clock on Linux, Windows and macOS, so the parent can compare it with
+        its own). The final event of a reply may carry text and no stamps.
+    ``reply_done {request_id, text, tokens, metrics}``  the reply ended; ``tokens`` are its token ids; see
+        :class:`ReplyMetrics` (from llama.cpp's ``llama_perf_context`` counters, reset before each request; TTFT
+        measured with ``perf_counter`` from the request's arrival to the first token).
     ``unloaded {}``
     ``error {request_id, request, error}``        ``error`` is a :class:`~desktop.jobs.JobError` dict. Kinds:
         "context_full" (the conversation outgrew the context: offer "drop oldest turns"), "crash" (the child
@@ -40,7 +44,10 @@ Events (child -> parent); each is delivered as an :class:`EngineEvent`
     ``exited {}``                                 the child ended after a shutdown.
 
 If the child dies without saying so, the client reports ``error`` with kind "crash" and then ``exited``; the
-window stays. :meth:`Engine.retry_safe_mode` starts a fresh child and reloads with CPU repacking off and half the
+window stays. If it does not answer a ``stop`` within :data:`STOP_GRACE_S` (stuck in native code, or in a template
+that outlived its deadline), the client kills it, reports ``error`` with kind "unresponsive" for the request in
+flight, starts a fresh child, reloads the last model, and reports ``restarted {request_id, reloading}`` (the Chat
+page says so; the conversation is untouched). :meth:`Engine.retry_safe_mode` starts a fresh child and reloads with CPU repacking off and half the
 GPU layers.
 
 Regenerate is a new ``chat`` with the same messages (:meth:`Engine.regenerate` resends the last request).
@@ -66,22 +73,20 @@ from pathlib import Path
 from typing import Any
 
 from desktop.jobs import JobError, JobFailed
+from desktop.llama.generate import SamplerSettings
 from desktop.process import ChildProcess, describe_exit
 
 log = logging.getLogger(__name__)
 
 SAFE_MODE_STEP = "Retry in safe mode (CPU repacking off, fewer GPU layers)."
+STOP_GRACE_S = 5.0  # a stop lands within one token; an engine silent this long after one is restarted
 
 
 @dataclass(frozen=True)
-class Sampling:
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.1
+class Sampling(SamplerSettings):
+    """A chat request's sampling: llama.cpp's sampler settings plus the reply's length and stop strings."""
+
     max_tokens: int = 512
-    seed: int | None = None  # None or -1: random
     stop: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
@@ -174,6 +179,8 @@ class Reply:
     text: str
     metrics: ReplyMetrics
     request_id: str
+    tokens: tuple[int, ...] = ()
+    stamps: tuple[float, ...] = ()  # one per token, taken in the engine when it was sampled
 
 
 class _EngineProcess(ChildProcess):
@@ -228,9 +235,16 @@ class Engine:
     """Start, load, chat, stop, unload, close. Thread-safe for callers; events come from one reader thread."""
 
     def __init__(
-        self, on_event: Callable[[EngineEvent], None] | None = None, *, log_path: Path | str | None = None
+        self,
+        on_event: Callable[[EngineEvent], None] | None = None,
+        *,
+        log_path: Path | str | None = None,
+        stop_grace_s: float = STOP_GRACE_S,
     ) -> None:
         self._on_event = on_event
+        self.stop_grace_s = stop_grace_s
+        self._stop_timer: threading.Timer | None = None
+        self._replaced: set[_EngineProcess] = set()  # children killed for not answering: their readers stay silent
         self._queue: queue.Queue[EngineEvent] = queue.Queue()
         self._log_path = Path(log_path) if log_path else None
         self._child: _EngineProcess | None = None
@@ -375,9 +389,54 @@ class Engine:
         return self.chat(messages, sampling if sampling is not None else last_sampling, on_overflow=on_overflow)
 
     def stop(self) -> None:
-        """Stop the reply (or load) in progress; its reply_done follows within about one token."""
+        """Stop the reply (or load) in progress; its reply_done follows within about one token. An engine that
+        does not answer within ``stop_grace_s`` is restarted (see the module docstring)."""
         if self._child is not None:
             self._child.send("stop", {})
+            if self.state in ("generating", "loading"):
+                self._arm_stop_watchdog()
+
+    def _arm_stop_watchdog(self) -> None:
+        with self._lock:
+            if self._stop_timer is not None or self._child is None:
+                return
+            timer = threading.Timer(self.stop_grace_s, self._stop_not_answered, args=(self._child,))
+            timer.daemon = True
+            self._stop_timer = timer
+        timer.start()
+
+    def _disarm_stop_watchdog(self) -> None:
+        with self._lock:
+            timer, self._stop_timer = self._stop_timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _stop_not_answered(self, child: _EngineProcess) -> None:
+        with self._lock:
+            self._stop_timer = None
+            if child is not self._child or self.state not in ("generating", "loading") or self._closing:
+                return
+            self._replaced.add(child)
+            doing = self.state
+        request_id = self.current_request if doing == "generating" else None
+        log.warning("the engine did not answer stop within %.1f s; restarting it", self.stop_grace_s)
+        child.kill()
+        error = JobError(
+            "unresponsive",
+            f"The chat engine did not answer Stop within {self.stop_grace_s:g} s, so QuantDesk restarted it.",
+            "Your conversation is kept. If this happens again with this model, pick a built-in chat template.",
+            child.log_tail(),
+        )
+        with self._lock:
+            self._discard_child()
+        reload = self.last_load if self.loaded_metadata or doing == "loading" else None
+        self.loaded_metadata = {}
+        self.start()
+        if reload is not None:
+            self.load(reload)  # sent before anything queued behind the stuck request reaches the new child
+        self._deliver(EngineEvent("error", {"request_id": request_id, "request": "chat" if request_id else "load",
+                                            "error": error.as_dict(), "restarting": True}))
+        self._deliver(EngineEvent("restarted", {"request_id": request_id, "reloading": reload is not None}))
 
     def unload(self) -> None:
         if self._child is not None:
@@ -442,6 +501,8 @@ class Engine:
             self._queue.put(event)
 
     def _track(self, event: EngineEvent) -> None:
+        if event.kind in ("reply_done", "loaded", "load_cancelled", "unloaded", "error", "exited"):
+            self._disarm_stop_watchdog()
         if event.kind == "ready":
             self.state = "idle"
         elif event.kind == "loaded":
@@ -460,7 +521,9 @@ class Engine:
                 self.state = "ready"
         elif event.kind == "error":
             self.last_error = event.error
-            if event.data.get("request") == "load":
+            if event.data.get("restarting"):
+                pass  # the fresh engine's state is already set
+            elif event.data.get("request") == "load":
                 self.state = "idle"
             elif event.data.get("request") == "chat":
                 self.state = "ready"
@@ -480,6 +543,9 @@ class Engine:
             if kind == "exited":
                 return
         child.process.join(5)
+        if child in self._replaced:  # killed for not answering a stop; the restart reports it
+            self._replaced.discard(child)
+            return
         if self._closing:
             self._deliver(EngineEvent("exited", {"exitcode": child.process.exitcode}))
             return
@@ -539,15 +605,20 @@ class Engine:
         on_overflow: str = "error",
         timeout: float = 600.0,
     ) -> Reply:
-        """Send a chat request and block until its reply is done."""
+        """Send a chat request and block until its reply is done; ``on_token(text)`` sees each streamed part."""
         request_id = self.chat(messages, sampling, on_overflow=on_overflow)
+        stamps: list[float] = []
 
         def tokens(event: EngineEvent) -> None:
-            if on_token is not None and event.kind == "token" and event.request_id == request_id:
-                on_token(str(event.data.get("text", "")))
+            if event.kind == "tokens" and event.request_id == request_id:
+                stamps.extend(event.data.get("stamps") or ())
+                text = str(event.data.get("text", ""))
+                if on_token is not None and text:
+                    on_token(text)
 
         while True:
             event = self.wait_for("reply_done", timeout=timeout, on_event=tokens)
             if event.request_id == request_id:
                 assert event.metrics is not None
-                return Reply(str(event.data.get("text", "")), event.metrics, request_id)
+                return Reply(str(event.data.get("text", "")), event.metrics, request_id,
+                             tuple(event.data.get("tokens") or ()), tuple(stamps))

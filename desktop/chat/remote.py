@@ -274,7 +274,7 @@ class RemoteEngine(Engine):
                     if tally.chars > MAX_REPLY_CHARS:
                         raise UserError("The server's reply grew beyond 4 MiB of text.", "Lower max tokens.",
                                         kind="bad_response")
-                    self._deliver(EngineEvent("token", {"request_id": request_id, "text": text, "at": tally.last}))
+                    self._deliver(EngineEvent("tokens", {"request_id": request_id, "text": text, "stamps": [tally.last]}))
                 if isinstance(choice.get("finish_reason"), str):
                     finish = choice["finish_reason"]
         except (OSError, http.client.HTTPException) as exc:

@@ -443,9 +443,11 @@ class _Handler(BaseHTTPRequestHandler):
             if event.kind == "prompt_started" and request.stream and writing:
                 opening = api.stream_chunk(request.endpoint, response_id, model, created, first=True)
                 writing = self._write_or_stop(request_id, lambda: self._start_stream(opening))
-            elif event.kind == "token":
+            elif event.kind == "tokens":  # the engine's batch: its text and one stamp per token
                 text = str(event.data.get("text", ""))
-                app.emit("token", request_id=request_id, text=text, at=time.perf_counter())
+                stamps = list(event.data.get("stamps") or ())
+                for i, at in enumerate(stamps):  # one serve event per token; the batch's text on its last
+                    app.emit("token", request_id=request_id, text=text if i == len(stamps) - 1 else "", at=at)
                 if request.stream and writing:
                     chunk = api.stream_chunk(request.endpoint, response_id, model, created, text)
                     writing = self._write_or_stop(request_id, lambda: self._sse(chunk))

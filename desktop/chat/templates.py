@@ -2,7 +2,9 @@
 
 A GGUF's ``tokenizer.chat_template`` is code from the internet, so it is rendered with
 :class:`jinja2.sandbox.ImmutableSandboxedEnvironment` (no attribute access to internals, no mutation of the
-values passed in). The helpers Hugging Face templates expect are provided: ``raise_exception``,
+values passed in), within a deadline (:data:`RENDER_TIMEOUT_S`: two nested loops of 100,000 would otherwise run for
+hours on the engine's main thread) and an output cap (:data:`MAX_PROMPT_CHARS`, also checked before a string or list
+is multiplied). The helpers Hugging Face templates expect are provided: ``raise_exception``,
 ``strftime_now``, ``bos_token``, ``eos_token``, ``add_generation_prompt``, and the ``tojson`` filter.
 
 When a GGUF has no template, :func:`template_for_architecture` picks one of :data:`FALLBACK_TEMPLATES`; the user
@@ -11,13 +13,20 @@ may pick another by name (:func:`choose_template`).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime as _dt
 import json
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from desktop.errors import UserError
+
+RENDER_TIMEOUT_S = 2.0  # real templates render in milliseconds
+MAX_PROMPT_CHARS = 8_000_000  # about two million tokens: more than any context
+MAX_POWER_EXPONENT = 4096
 
 
 @dataclass(frozen=True)
@@ -158,10 +167,64 @@ def _strftime_now(fmt: str) -> str:
     return _dt.datetime.now().strftime(fmt)
 
 
+class _TemplateTimeout(Exception):
+    """Raised inside the rendering thread when its deadline passes."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Raise :class:`_TemplateTimeout` in this thread if the block is still running after ``seconds``.
+
+    A template's loops are Python bytecode, so an asynchronous exception stops them wherever they are; a timer
+    thread sets it, and the block's end takes back one that was set but not yet raised.
+    """
+    thread_id = threading.get_ident()
+    lock = threading.Lock()
+    state = {"running": True, "fired": False}
+
+    def fire() -> None:
+        with lock:
+            if state["running"]:
+                state["fired"] = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(_TemplateTimeout))
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with lock:
+            state["running"] = False
+            timer.cancel()
+            if state["fired"]:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
+
+
+def _too_long() -> UserError:
+    return UserError(
+        f"The chat template produced more than {MAX_PROMPT_CHARS:,} characters, so it was stopped.",
+        "Pick one of the built-in templates for this model.",
+        kind="template",
+    )
+
+
 def _environment() -> Any:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    class _BoundedEnvironment(ImmutableSandboxedEnvironment):  # type: ignore[misc]
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "*":
+                for seq, times in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > MAX_PROMPT_CHARS:
+                        raise _too_long()
+            elif operator == "**" and isinstance(right, int) and abs(right) > MAX_POWER_EXPONENT:
+                raise UserError("The chat template computes an enormous number.", "Pick one of the built-in templates.")
+            return super().call_binop(context, operator, left, right)
+
+    env = _BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     env.filters["tojson"] = lambda value, indent=None, ensure_ascii=False: json.dumps(
@@ -177,11 +240,13 @@ def render(
     bos_token: str = "",
     eos_token: str = "",
     add_generation_prompt: bool = True,
+    timeout_s: float = RENDER_TIMEOUT_S,
     **extra: Any,
 ) -> str:
     """Render ``messages`` (dicts with "role" and "content") to the prompt text.
 
-    Raises UserError when the template is broken, unsafe (the sandbox stopped it) or refuses the messages.
+    Raises UserError when the template is broken, unsafe (the sandbox stopped it), refuses the messages, runs
+    longer than ``timeout_s`` or writes more than :data:`MAX_PROMPT_CHARS`.
     """
     import jinja2
     from jinja2.sandbox import SecurityError
@@ -189,16 +254,28 @@ def render(
     source = template.source if isinstance(template, ChatTemplate) else template
     plain = [{"role": str(m["role"]), "content": str(m.get("content", ""))} for m in messages]
     try:
-        compiled = _environment().from_string(source)
-        return str(
-            compiled.render(
+        with _deadline(timeout_s):
+            compiled = _environment().from_string(source)
+            parts: list[str] = []
+            size = 0
+            for part in compiled.generate(
                 messages=plain,
                 bos_token=bos_token,
                 eos_token=eos_token,
                 add_generation_prompt=add_generation_prompt,
                 **extra,
-            )
-        )
+            ):
+                size += len(part)
+                if size > MAX_PROMPT_CHARS:
+                    raise _too_long()
+                parts.append(part)
+            return "".join(parts)
+    except _TemplateTimeout:
+        raise UserError(
+            f"The chat template took more than {timeout_s:g} s to render, so it was stopped.",
+            "Pick one of the built-in templates for this model.",
+            kind="template",
+        ) from None
     except UserError:
         raise
     except SecurityError as exc:

@@ -13,8 +13,9 @@ context) and kept under ``<data dir>/eval-cache`` (format: :mod:`desktop.eval.me
 share of scored tokens where both models' most likely next token is the same.
 
 Speed: prompt processing is timed on the context half of every chunk (a batch of ``n_ctx/2`` tokens asking for
-the last token's logits, exactly a prompt); generation is timed as ``gen_tokens`` single-token decodes from an
-empty cache. Both are wall-clock time inside ``llama_decode`` on this machine with the stated threads.
+the last token's logits, exactly a prompt), as wall-clock time inside ``llama_decode``; generation runs chat's own
+loop (:func:`desktop.llama.generate`, greedy) after the text's first tokens and is timed as a chat reply is, from
+the first token to the last, so ``gen_tps`` is what Chat delivers on this machine with the stated threads.
 
 Job contract: :func:`evaluate` runs in the calling process (``progress(done, total, message)`` once per chunk,
 messages like ``"chunk 3/12, PPL so far 23.1"``; ``cancelled()`` checked between chunks and, through llama.cpp's
@@ -45,6 +46,7 @@ __all__ = ["EvalResult", "EvalText", "base_cache_path", "evaluate", "evaluate_in
 
 DEFAULT_TEXT = "texts/eval.txt"
 DEFAULT_GEN_TOKENS = 32
+GEN_PROMPT_TOKENS = 16  # the generation-speed run continues the text's first tokens
 
 
 def _no_progress(done: float, total: float, message: str) -> None:
@@ -88,7 +90,7 @@ class EvalResult:
 
     Quality (``ppl``, ``kld_*``, ``top1_agreement``) is measured on ``n_tokens`` scored tokens of
     ``text_name``; KLD and top-1 are None without a base. Speeds are measured on ``hardware`` with ``threads``:
-    ``prompt_tps`` over batches of ``prompt_batch`` tokens, ``gen_tps`` over ``gen_tokens`` single-token decodes.
+    ``prompt_tps`` over batches of ``prompt_batch`` tokens, ``gen_tps`` over ``gen_tokens`` generated tokens (chat's loop).
     ``kld_p99`` is the 99th percentile of per-token KLD. ``measured_at`` is a Unix time.
     """
 
@@ -222,10 +224,10 @@ def _run_pass(  # noqa: C901 - one loop with its bookkeeping
     progress: ProgressFn,
     cancelled: CancelledFn,
 ) -> dict[str, Any]:
-    from desktop.eval.llama_eval import LlamaSession
+    from desktop.eval.llama_eval import EvalSession
     from desktop.eval.metrics import BaseLogProbs, RunningTotals, encode_rows, kld_rows, log_softmax_stats
 
-    with LlamaSession(path, n_ctx, threads=threads, n_gpu_layers=n_gpu_layers, cpu_repack=cpu_repack,
+    with EvalSession(path, n_ctx, threads=threads, n_gpu_layers=n_gpu_layers, cpu_repack=cpu_repack,
                       cancelled=cancelled) as session:
         tokens = np.asarray(session.tokenize(text.content), dtype=np.int32)
         n_chunks = chunk_count(len(tokens), n_ctx, max_chunks)
@@ -266,7 +268,7 @@ def _run_pass(  # noqa: C901 - one loop with its bookkeeping
             if reference is not None and base is not None:
                 message += f", KLD so far {totals.kld_values().mean():.4g}"
             progress(step.index * n_chunks + i + 1, step.passes * n_chunks, message)
-        gen = session.time_generation([int(t) for t in tokens[:gen_tokens]]) if gen_tokens > 0 else None
+        gen = session.time_generation([int(t) for t in tokens[:GEN_PROMPT_TOKENS]], gen_tokens) if gen_tokens > 0 else None
         threads_used = session.threads
     out: dict[str, Any] = {
         "totals": totals,

@@ -29,6 +29,7 @@ import numpy as np
 from desktop.errors import Cancelled, UserError
 from desktop.fileio import partial_path, remove_quietly
 from desktop.jobs import CancelledFn, ProgressFn
+from desktop.llama.session import default_threads
 from desktop.resources import path as resource_path
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ def compute_imatrix(
             "out_path": str(partial),
             "n_ctx": int(n_ctx),
             "max_chunks": max_chunks,
-            "threads": threads or max(1, os.cpu_count() or 1),
+            "threads": threads or default_threads(),
             "n_gpu_layers": int(n_gpu_layers),
         },
         progress=progress,
@@ -399,50 +400,6 @@ class _Collector:
         return sums, self.counts[name]
 
 
-class _LlamaLog:
-    """A process-wide llama.cpp log callback that keeps errors and drops the chatter."""
-
-    def __init__(self) -> None:
-        import llama_cpp
-
-        self.errors: list[str] = []
-        self._buffer = ""
-        self._c_callback = llama_cpp.llama_log_callback(self._on_log)  # keep a reference: C holds only the pointer
-        llama_cpp.llama_log_set(self._c_callback, ctypes.c_void_p(0))
-
-    def _on_log(self, level: int, text: bytes | None, _user_data: int) -> None:
-        if text and level >= 4:
-            self.errors.append(text.decode(errors="replace").strip())
-
-
-def load_model_for_eval(model_path: str, n_gpu_layers: int = 0) -> Any:
-    """Load a GGUF for evaluation with CPU repacking off (it crashes Q4_K prompt decoding on AMX machines)."""
-    import llama_cpp
-
-    params = llama_cpp.llama_model_default_params()
-    params.use_extra_bufts = False
-    params.n_gpu_layers = n_gpu_layers
-    model = llama_cpp.llama_model_load_from_file(model_path.encode(), params)
-    if not model:
-        raise UserError(f"llama.cpp could not load {Path(model_path).name}; it may be damaged or of an unsupported "
-                        "architecture.")
-    return model
-
-
-def tokenize_text(vocab: Any, text: str, add_bos: bool = True) -> list[int]:
-    import llama_cpp
-
-    data = text.encode("utf-8")
-    capacity = len(data) + 16
-    buf = (llama_cpp.llama_token * capacity)()
-    n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, capacity, add_bos, False)
-    if n < 0:
-        capacity = -n
-        buf = (llama_cpp.llama_token * capacity)()
-        n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, capacity, add_bos, False)
-    return list(buf[:n])
-
-
 def run_job(
     *,
     progress: ProgressFn,
@@ -458,14 +415,17 @@ def run_job(
     """Child side of :func:`compute_imatrix`: collect and save; returns a summary."""
     import llama_cpp
 
-    llama_log = _LlamaLog()
+    from desktop.llama.log import llama_log
+    from desktop.llama.session import ContextOptions, LlamaSession
+
+    llama_log.install()
     text = Path(text_path).read_text(encoding="utf-8", errors="replace")
-    model = load_model_for_eval(model_path, n_gpu_layers)
-    ctx = None
-    batch = None
-    try:
-        vocab = llama_cpp.llama_model_get_vocab(model)
-        tokens = tokenize_text(vocab, text, add_bos=True)
+    collector = _Collector(_Ggml())
+    c_callback = llama_cpp.ggml_backend_sched_eval_callback(collector)  # keep a reference while the context lives
+    context = ContextOptions(n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, threads=max(1, threads), perf=False,
+                             cb_eval=c_callback)
+    with LlamaSession(model_path, context, n_gpu_layers=n_gpu_layers) as session:
+        tokens = session.tokenize(text)
         n_chunks = len(tokens) // n_ctx
         if max_chunks is not None:
             n_chunks = min(n_chunks, max_chunks)
@@ -474,57 +434,33 @@ def run_job(
                 f"The calibration text is too short: {len(tokens)} tokens, and one chunk needs {n_ctx}.",
                 "Use a longer text or a smaller chunk size.",
             )
-        bos = llama_cpp.llama_vocab_bos(vocab)
-        collector = _Collector(_Ggml())
-        c_callback = llama_cpp.ggml_backend_sched_eval_callback(collector)  # keep a reference while ctx lives
-        cp = llama_cpp.llama_context_default_params()
-        cp.n_ctx = cp.n_batch = cp.n_ubatch = n_ctx
-        cp.n_threads = cp.n_threads_batch = max(1, threads)
-        cp.cb_eval = c_callback
-        cp.cb_eval_user_data = None
-        ctx = llama_cpp.llama_init_from_model(model, cp)
-        if not ctx:
-            raise UserError("llama.cpp could not create a context for this model; it may not fit in memory.")
-        batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
         progress(0, n_chunks, f"chunk 0/{n_chunks}")
         for chunk in range(n_chunks):
             if cancelled():
                 raise Cancelled()
             piece = tokens[chunk * n_ctx : (chunk + 1) * n_ctx]
-            if bos >= 0:
-                piece[0] = bos
-            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-            for k, tok in enumerate(piece):
-                batch.token[k] = tok
-                batch.pos[k] = k
-                batch.n_seq_id[k] = 1
-                batch.seq_id[k][0] = 0
-                batch.logits[k] = True
-            batch.n_tokens = len(piece)
-            rc = llama_cpp.llama_decode(ctx, batch)
+            if session.bos >= 0:
+                piece[0] = session.bos
+            session.clear()
+            session.fill(piece, 0, 0)  # all logits, so the last layer runs for every token
+            try:
+                session.decode()
+            except UserError:
+                if collector.error is not None:
+                    raise collector.error from None
+                raise
             if collector.error is not None:
                 raise collector.error
-            if rc != 0:
-                detail = llama_log.errors[-1] if llama_log.errors else f"code {rc}"
-                raise UserError(f"llama.cpp failed to evaluate the calibration text ({detail}).")
             progress(chunk + 1, n_chunks, f"chunk {chunk + 1}/{n_chunks}")
-        if not collector.sums:
-            raise UserError("llama.cpp reported no matrix multiplications to calibrate; this model is not supported.")
-        data = ImatrixData(
-            sums={k: v.astype(np.float32) for k, v in collector.sums.items()},
-            counts={k: v.astype(np.float32) for k, v in collector.counts.items()},
-            datasets=[Path(text_path).name],
-            chunk_count=n_chunks,
-            chunk_size=n_ctx,
-        )
-        _write_gguf(Path(out_path), data)
-        del c_callback
-        return {"entries": len(data), "chunks": n_chunks, "tokens": n_chunks * n_ctx}
-    finally:
-        if batch is not None:
-            llama_cpp.llama_batch_free(batch)
-        if ctx:
-            llama_cpp.llama_free(ctx)
-        llama_cpp.llama_model_free(model)
-        del llama_log
-
+    del c_callback
+    if not collector.sums:
+        raise UserError("llama.cpp reported no matrix multiplications to calibrate; this model is not supported.")
+    data = ImatrixData(
+        sums={k: v.astype(np.float32) for k, v in collector.sums.items()},
+        counts={k: v.astype(np.float32) for k, v in collector.counts.items()},
+        datasets=[Path(text_path).name],
+        chunk_count=n_chunks,
+        chunk_size=n_ctx,
+    )
+    _write_gguf(Path(out_path), data)
+    return {"entries": len(data), "chunks": n_chunks, "tokens": n_chunks * n_ctx}

@@ -552,19 +552,16 @@ def run_job(
     import llama_cpp
 
     del cancelled  # llama_model_quantize cannot be interrupted: the parent kills this process instead
+    from desktop.llama.log import llama_log
+
     parser = TensorLineParser(progress, n_elements)
-
-    def on_log(level: int, text: bytes | None, _user_data: int) -> None:
-        if text:
-            parser.feed(level, text.decode("utf-8", errors="replace"))
-
-    c_callback = llama_cpp.llama_log_callback(on_log)  # keep a reference: C holds only the pointer
-    llama_cpp.llama_log_set(c_callback, ctypes.c_void_p(0))
+    llama_log.install()
     keep: list[Any] = []
     params = build_params(type_name, options, keep)
-    rc = llama_cpp.llama_model_quantize(source.encode(), out_path.encode(), ctypes.byref(params))
+    with llama_log.listen(parser.feed):
+        rc = llama_cpp.llama_model_quantize(source.encode(), out_path.encode(), ctypes.byref(params))
     if rc != 0:
         remove_quietly(out_path)
         raise _failure(parser.errors, out_path)
-    del keep, c_callback
+    del keep
     return {"warnings": parser.warnings, "tensors": parser.tensors_done}

@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--system", default="", help="a system prompt (the default model has one of its own)")
     parser.add_argument("--ctx", type=int, default=2048, help="context length (default 2048)")
     parser.add_argument("--gpu-layers", type=int, default=0, help="layers to offload to the GPU (default 0)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all physical cores)")
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--top-p", type=float, default=0.95)
@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from desktop.chat.engine import Engine, LoadOptions, Sampling
     from desktop.chat_model import ensure_chat_model, system_prompt_for
     from desktop.errors import UserError
+    from desktop.llama.session import default_threads
     from desktop.settings import load_settings
 
     if args.server:
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         path=model,
         n_ctx=args.ctx,
         n_gpu_layers=args.gpu_layers,
-        n_threads=args.threads,
+        n_threads=args.threads or default_threads(),  # no window to keep responsive: every physical core
         cpu_repack=args.cpu_repack or load_settings().cpu_repack,
         template=args.template,
     )

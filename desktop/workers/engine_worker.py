@@ -1,9 +1,10 @@
 """The Qt bridge to the chat engine: owns an :class:`~desktop.chat.engine.Engine` and turns its events into signals.
 
-The engine's events arrive on its reader thread. Tokens are collected there and handed to the GUI thread in
-batches (at most one batch per :data:`FLUSH_S`, plus a timer that flushes a quiet tail), never one signal per
-token; every other event first flushes the tokens before it, so the GUI sees them in the engine's order. All
-emissions go through one queued connection, so their order is the order they were posted in.
+The engine's events arrive on its reader thread; the child already batches tokens (``tokens`` events with one
+timestamp per token, taken in the child). Those batches are coalesced there and handed to the GUI thread at most
+once per :data:`FLUSH_S` (plus a timer that flushes a quiet tail), never one signal per token, each with every
+token's stamp for the live graph; every other event first flushes the tokens before it, so the GUI sees them in the
+engine's order. All emissions go through one queued connection, so their order is the order they were posted in.
 
 The window's chats go through :class:`~desktop.chat.turns.EngineTurns` (``self.turns``), so they take turns with
 the requests of an API server sharing the same loaded model; events of requests that are not the window's go to
@@ -47,11 +48,14 @@ class EngineWorker(QObject):
     sig_prompt_started = Signal(str, int, int)
     """(request_id, prompt_tokens, dropped_messages): the prompt fits and prefill begins."""
     sig_tokens = Signal(str, str, object)
-    """(request_id, text, arrival times): a batch of streamed text; one ``perf_counter`` stamp per token event."""
+    """(request_id, text, stamps): a batch of streamed text; one ``perf_counter`` stamp per token (the engine's)."""
     sig_reply_done = Signal(str, str, object)
     """(request_id, full text, :class:`ReplyMetrics`) from llama.cpp's own counters."""
     sig_error = Signal(object, str, str)
     """(:class:`JobError`, request kind ("load", "chat", "engine", ...), request_id or "")."""
+    sig_restarted = Signal(str, bool)
+    """(request_id or "", reloading): the engine did not answer Stop in time and was restarted (reloading the
+    model when one was loaded); the request's ``sig_error`` (kind "unresponsive") comes just before."""
     sig_exited = Signal()
     """The engine process ended (after a shutdown or a crash)."""
 
@@ -152,22 +156,21 @@ class EngineWorker(QObject):
 
     def _handle(self, event: EngineEvent) -> None:
         with self._lock:
-            if event.kind == "token":
+            if event.kind == "tokens":
                 request_id = event.request_id or ""
-                if self._pending and request_id != self._pending_id:
+                if (self._pending or self._stamps) and request_id != self._pending_id:
                     self._flush_locked()
                 self._pending_id = request_id
                 self._pending.append(str(event.data.get("text", "")))
-                now = time.perf_counter()
-                self._stamps.append(now)
-                if now - self._last_flush >= FLUSH_S:
+                self._stamps.extend(float(s) for s in event.data.get("stamps") or ())
+                if time.perf_counter() - self._last_flush >= FLUSH_S:
                     self._flush_locked()
                 return
             self._flush_locked()
             self._relay.event.emit(event)
 
     def _flush_locked(self) -> None:
-        if not self._pending:
+        if not self._pending and not self._stamps:
             return
         text, stamps = "".join(self._pending), self._stamps
         self._pending, self._stamps = [], []
@@ -207,6 +210,8 @@ class EngineWorker(QObject):
         elif kind == "error":
             error = event.error or JobError("internal", "The chat engine reported an unknown error.")
             self.sig_error.emit(error, str(data.get("request") or ""), event.request_id or "")
+        elif kind == "restarted":
+            self.sig_restarted.emit(event.request_id or "", bool(data.get("reloading")))
         elif kind == "exited":
             self._flush_timer.stop()
             self.sig_exited.emit()

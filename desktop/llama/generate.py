@@ -1,0 +1,250 @@
+"""The generation loop: llama.cpp samples, Python only moves each token's text along.
+
+One reused batch, one ``llama_decode`` per token, a sampler chain built once per reply and sampled by llama.cpp
+(``llama_sampler_sample`` also accepts the token into the chain). Per token, Python does what the token needs and
+nothing else: a cached piece lookup, the incremental UTF-8 decode, the stop-string check, a timestamp, two stores into
+the batch. Text reaches the caller in small batches (every ``flush_s`` seconds or ``flush_tokens`` tokens) with one
+``perf_counter`` stamp per token, so a fast model is not slowed by one message per token.
+
+The chain mirrors llama-cpp-python's ``Llama`` sampling (penalties over the last 64 tokens, then greedy for
+temperature 0, else top-k, typical, top-p, min-p, temperature and the seeded distribution), so a greedy reply here is
+token for token llama-cpp-python's own completion. The prompt decode is abortable (llama.cpp's abort callback asks
+``should_stop``); generation checks ``should_stop`` before each decode, so a stop lands within one token.
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from desktop.errors import Cancelled
+from desktop.llama.session import LlamaSession
+
+DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed
+FLUSH_S = 0.015
+FLUSH_TOKENS = 64
+
+_UNSEEN: Any = object()  # no piece looked up yet for this token
+OnText = Callable[[str, list[float]], None]  # (visible text, one stamp per token since the last call)
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.1
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int | None = None  # None or negative: random
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> SamplerSettings:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if data.get(k) is not None}
+        return cls(**known)
+
+    @classmethod
+    def greedy(cls) -> SamplerSettings:
+        return cls(temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+
+
+def sampler_chain(settings: SamplerSettings, n_vocab: int) -> Any:
+    """A llama.cpp sampler chain for ``settings``; free it with ``llama_sampler_free``."""
+    import llama_cpp
+
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+
+    def add(sampler: Any) -> None:
+        llama_cpp.llama_sampler_chain_add(chain, sampler)
+
+    seed = DEFAULT_SEED if settings.seed is None or settings.seed < 0 else int(settings.seed) & 0xFFFFFFFF
+    if settings.repeat_penalty != 1.0 or settings.frequency_penalty or settings.presence_penalty:
+        add(llama_cpp.llama_sampler_init_penalties(
+            n_vocab, settings.penalty_last_n, settings.repeat_penalty, settings.frequency_penalty,
+            settings.presence_penalty,
+        ))
+    if settings.temperature < 0:
+        add(llama_cpp.llama_sampler_init_dist(seed))
+    elif settings.temperature == 0:
+        add(llama_cpp.llama_sampler_init_greedy())
+    else:
+        add(llama_cpp.llama_sampler_init_top_k(int(settings.top_k)))
+        if settings.typical_p < 1.0:
+            add(llama_cpp.llama_sampler_init_typical(settings.typical_p, 1))
+        add(llama_cpp.llama_sampler_init_top_p(settings.top_p, 1))
+        add(llama_cpp.llama_sampler_init_min_p(settings.min_p, 1))
+        add(llama_cpp.llama_sampler_init_temp(settings.temperature))
+        add(llama_cpp.llama_sampler_init_dist(seed))
+    return chain
+
+
+class StopMatcher:
+    """Holds back streamed text that may be the start of a stop string, and cuts the reply at a full one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self._longest = max((len(s) for s in self.stops), default=0)
+        self._pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        """Add text; return what can be shown now. After a stop string, ``stopped`` is True."""
+        if self.stopped:
+            return ""
+        if not self.stops:
+            return text
+        pending = self._pending + text
+        cut = -1
+        for stop in self.stops:
+            i = pending.find(stop)
+            if i >= 0 and (cut < 0 or i < cut):
+                cut = i
+        if cut >= 0:
+            self.stopped = True
+            self._pending = ""
+            return pending[:cut]
+        hold = 0
+        for stop in self.stops:
+            for length in range(min(len(stop) - 1, len(pending)), hold, -1):
+                if pending.endswith(stop[:length]):
+                    hold = length
+                    break
+        if hold:
+            self._pending = pending[-hold:]
+            return pending[:-hold]
+        self._pending = ""
+        return pending
+
+    def flush(self) -> str:
+        out, self._pending = ("" if self.stopped else self._pending), ""
+        return out
+
+
+@dataclass
+class Generation:
+    """What one reply produced."""
+
+    tokens: list[int] = field(default_factory=list)
+    stamps: list[float] = field(default_factory=list)  # perf_counter when each token was sampled
+    text: str = ""
+    finish: str = "length"  # "stop" (end of generation or a stop string), "length", "stopped" (asked to stop)
+    prompt_decoded: int = 0  # prompt tokens decoded for this reply (a reused prefix is not decoded again)
+    prompt_reused: int = 0
+
+    def tokens_per_second(self) -> float:
+        """Tokens as the caller received them: from the first token's stamp to the last one's."""
+        if len(self.stamps) < 2 or self.stamps[-1] <= self.stamps[0]:
+            return 0.0
+        return (len(self.stamps) - 1) / (self.stamps[-1] - self.stamps[0])
+
+
+def prefill(session: LlamaSession, prompt: Sequence[int], should_stop: Callable[[], bool]) -> tuple[int, int]:
+    """Bring the KV cache to ``prompt``, reusing the longest prefix already there; the decode is abortable.
+    Returns (tokens decoded, tokens reused). Raises :class:`Cancelled` when stopped."""
+    common = 0
+    for a, b in zip(session.history, prompt):
+        if a != b:
+            break
+        common += 1
+    reused = session.keep_prefix(min(common, len(prompt) - 1))  # at least one token to decode, for its logits
+    rest = prompt[reused:]
+    if should_stop():
+        raise Cancelled()
+    session.decode_prompt(rest, reused, abortable=True)
+    return len(rest), reused
+
+
+def generate(
+    session: LlamaSession,
+    prompt: Sequence[int],
+    settings: SamplerSettings,
+    *,
+    max_tokens: int,
+    stops: Sequence[str] = (),
+    should_stop: Callable[[], bool] = lambda: False,
+    on_text: OnText | None = None,
+    ignore_eog: bool = False,
+    flush_s: float = FLUSH_S,
+    flush_tokens: int = FLUSH_TOKENS,
+) -> Generation:
+    """Answer ``prompt`` (token ids) with at most ``max_tokens`` tokens; see the module docstring."""
+    import llama_cpp
+
+    result = Generation()
+    try:
+        result.prompt_decoded, result.prompt_reused = prefill(session, prompt, should_stop)
+    except Cancelled:
+        result.finish = "stopped"
+        return result
+
+    chain = sampler_chain(settings, session.n_vocab)
+    matcher = StopMatcher(stops)
+    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+    parts: list[str] = []
+    pending: list[str] = []
+    pending_stamps: list[float] = []
+    tokens, stamps = result.tokens, result.stamps
+    history = session.history
+    pieces: dict[int, bytes | None] = {}
+    piece_of, is_eog = session.piece, session.is_eog
+    sample, decode, now = llama_cpp.llama_sampler_sample, llama_cpp.llama_decode, time.perf_counter
+    ctx, batch = session.ctx, session.batch
+    batch_token, batch_pos = batch.token, batch.pos
+    batch.logits[0] = True
+    pos = len(history)
+    last_flush = float("-inf")  # the first token goes out at once (time to first token)
+    finish = "length"
+    try:
+        while len(tokens) < max_tokens:
+            token = sample(chain, ctx, -1)
+            stamp = now()
+            piece = pieces.get(token, _UNSEEN)
+            if piece is _UNSEEN:
+                piece = pieces[token] = None if (not ignore_eog and is_eog(token)) else piece_of(token)
+            if piece is None:  # an end-of-generation token
+                finish = "stop"
+                break
+            tokens.append(token)
+            stamps.append(stamp)
+            text = matcher.feed(utf8.decode(piece))
+            pending.append(text)
+            pending_stamps.append(stamp)
+            if matcher.stopped:
+                finish = "stop"
+                break
+            if len(tokens) >= max_tokens:
+                break
+            if should_stop():  # before the next decode: a stop lands within one token
+                finish = "stopped"
+                break
+            if on_text is not None and (stamp - last_flush >= flush_s or len(pending_stamps) >= flush_tokens):
+                chunk = "".join(pending)
+                parts.append(chunk)
+                on_text(chunk, pending_stamps)
+                pending, pending_stamps = [], []
+                last_flush = stamp
+            batch_token[0] = token
+            batch_pos[0] = pos
+            batch.n_tokens = 1
+            rc = decode(ctx, batch)
+            if rc != 0:
+                session.check(rc)
+            history.append(token)
+            pos += 1
+    finally:
+        llama_cpp.llama_sampler_free(chain)
+        pending.append(matcher.feed(utf8.decode(b"", final=True)))
+        pending.append(matcher.flush())
+        chunk = "".join(pending)
+        parts.append(chunk)
+        if on_text is not None and (chunk or pending_stamps):
+            on_text(chunk, pending_stamps)
+    result.finish = finish
+    result.text = "".join(parts)
+    return result
