@@ -114,7 +114,7 @@ def test_a_greedy_reply_is_llama_cpp_pythons_own_completion(model: Path, info: G
     sampling = Sampling(temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, max_tokens=40)
     messages = [{"role": "user", "content": "Write a short poem about the sea."}]
     with Engine(log_path=tmp_path / "e.log") as fresh:  # an empty KV cache, as llama-cpp-python's below
-        fresh.load_and_wait(LoadOptions(str(model), n_ctx=N_CTX, n_threads=1))
+        fresh.load_and_wait(LoadOptions(str(model), n_ctx=N_CTX, n_threads=1, flash_attn="off"))  # as Llama() below
         reply = fresh.ask(messages, sampling)
     with patched_model_params():
         llm = llama_cpp.Llama(str(model), n_ctx=N_CTX, n_threads=1, n_threads_batch=1, swa_full=False, verbose=False)
