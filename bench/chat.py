@@ -11,8 +11,8 @@ For each model, the same threads, CPU repacking off and flash attention "auto" o
 - time to first token: the engine's prompt tok/s (llama.cpp's own counters over the prefill, abort callback
   included) against ``llama-bench -p N`` at the same prompt length N. Target: >= 0.90.
 
-Models: (a) the demo model (Gemma 3 270M Q4_K_M) and (b) a tiny llama made here with gguf-py (4 layers, 256 wide,
-a 1,024-token vocabulary, F16, random weights), fast enough (1,000+ tok/s) that per-token overhead dominates.
+Models: (a) the demo model (Gemma 3 270M Q4_K_M) and (b) the quantization tests' tiny llama (gguf-py; 4 layers,
+256 wide, a 512-token vocabulary, F16, random weights), fast enough (1,000+ tok/s) that per-token overhead dominates.
 
 llama-bench is built once (CPU, ``-j2``, the ``llama-bench`` target only) from the llama-cpp-python sdist of the
 installed version, into ``~/.cache/quantdesk-bench`` (``QUANTDESK_BENCH_CACHE`` to move it); the bench says when it
@@ -31,17 +31,16 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' model helpers
 
 CACHE = Path(os.environ.get("QUANTDESK_BENCH_CACHE") or Path.home() / ".cache" / "quantdesk-bench")
 GEN_TARGET = 0.95
 PROMPT_TARGET = 0.90
-TINY_VOCAB = 1024
 
 
 # ----------------------------------------------------------------------------------------------- llama-bench
@@ -95,80 +94,27 @@ def llama_bench(binary: Path, model: Path, threads: int, *, n_prompt: int = 0, n
 
 
 def demo_model() -> Path:
-    """The demo GGUF, unpacked into a shared folder under the temp dir (never the user's data folder)."""
-    home = Path(tempfile.gettempdir()) / "quantdesk-test-demo-model"
-    previous = os.environ.get("QUANTDESK_HOME")
-    os.environ["QUANTDESK_HOME"] = str(home)
-    try:
-        from desktop.demo_model import ensure_demo_model
+    """The demo GGUF, unpacked once into the tests' shared folder under the temp dir (never the user's data)."""
+    from engine_helpers import demo_model_path
 
-        return Path(ensure_demo_model())
-    finally:
-        if previous is None:
-            os.environ.pop("QUANTDESK_HOME", None)
-        else:
-            os.environ["QUANTDESK_HOME"] = previous
+    return demo_model_path()
 
 
-def tiny_llama(path: Path, *, n_layer: int = 4, n_embd: int = 256, n_ff: int = 768, n_head: int = 4) -> Path:
-    """A random F16 llama with a 1,024-token SentencePiece-style vocabulary (the 256 byte tokens, specials and
-    two-letter pieces). The end-of-text row of the output matrix is zero, so greedy decoding never ends early."""
+def tiny_llama(path: Path) -> Path:
+    """The quantization tests' tiny random llama (gguf-py, F16, a 512-token SentencePiece-style vocabulary), with 4
+    layers; its end-of-text row of the output matrix is zeroed, so greedy decoding never ends early."""
     import gguf
-    import numpy as np
+    from quant_helpers import write_tiny_llama
 
-    if path.exists():
-        return path
-    rng = np.random.default_rng(0)
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
-    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    words = [f"\u2581{a}" for a in letters] + [a + b for a in letters for b in letters]
-    words += [f"\u2581{a}{b}" for a in letters for b in letters]
-    for word in words[: TINY_VOCAB - len(tokens)]:
-        tokens.append(word)
-        types.append(gguf.TokenType.NORMAL)
-    scores = [0.0] * 259 + [-float(i) for i in range(len(tokens) - 259)]
-
-    def weight(*shape: int) -> Any:
-        return (rng.standard_normal(shape) * 0.05).astype(np.float16)
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("tiny bench llama")
-    writer.add_context_length(4096)
-    writer.add_embedding_length(n_embd)
-    writer.add_block_count(n_layer)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head)
-    writer.add_rope_dimension_count(n_embd // n_head)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_add_bos_token(True)
-    writer.add_tensor("token_embd.weight", weight(TINY_VOCAB, n_embd))
-    for i in range(n_layer):
-        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
-        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            writer.add_tensor(f"blk.{i}.{name}.weight", weight(n_embd, n_embd))
-        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
-        writer.add_tensor(f"blk.{i}.ffn_gate.weight", weight(n_ff, n_embd))
-        writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(n_ff, n_embd))
-        writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(n_embd, n_ff))
-    writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-    output = weight(TINY_VOCAB, n_embd)
-    output[2] = 0  # </s>: logit 0 against 1,000 random ones
-    writer.add_tensor("output.weight", output)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        write_tiny_llama(partial, n_layer=4)
+        reader = gguf.GGUFReader(partial, "r+")
+        output = next(t for t in reader.tensors if t.name == "output.weight")
+        output.data[2] = 0  # </s>: logit 0 against 500 random ones
+        del reader
+        partial.rename(path)
     return path
 
 
@@ -319,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     args.prompt = args.prompt_words * 2
     binary = llama_bench_binary()
     models = {"demo": ("demo (Gemma 3 270M Q4_K_M)", demo_model),
-              "tiny": (f"tiny llama (F16, vocabulary {TINY_VOCAB})", lambda: tiny_llama(CACHE / "tiny-llama-f16.gguf"))}
+              "tiny": ("tiny llama (F16, 512-token vocabulary)", lambda: tiny_llama(CACHE / "tiny-llama-4l-f16.gguf"))}
     rows = []
     for key in args.models.split(","):
         label, make = models[key]
