@@ -177,7 +177,7 @@ def measure(name: str, model: Path, binary: Path, args: argparse.Namespace) -> d
 
     from desktop.chat.engine import Engine, LoadOptions
     from desktop.chat.templates import choose_template, render
-    from desktop.llama import patched_model_params
+    from desktop.llama.params import patched_model_params
 
     messages = [{"role": "user", "content": "Count from 1 to 1000, separated by commas: 1, 2, 3,"}]
     n_ctx = max(1024, args.prompt + 64, args.tokens + 128)
@@ -251,7 +251,7 @@ def report(row: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from desktop.llama import default_threads
+    from desktop.llama.session import default_threads
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--threads", type=int, default=default_threads())
