@@ -37,10 +37,6 @@ class Fit:
     def weights_bytes(self) -> int:
         return self.plan.totals.weights
 
-    @property
-    def notes(self) -> tuple[str, ...]:
-        return ()
-
     def short(self) -> str:
         """E.g. "GPU ~1.2 GB", "GPU 9/17 ~1.4 GB", "RAM ~1.1 GB", "no: ~40.2 GB" (Compare's column)."""
         need = "~" + format_bytes(self.needed_bytes)
