@@ -226,8 +226,7 @@ def test_two_gpus_split_layers_in_proportion_to_free_memory() -> None:
 def test_unified_memory_obeys_metals_working_set_limit_and_shares_ram() -> None:
     shape = shape_from_gguf(synthetic_info())
     ram = 2 * GiB
-    limit = offload.metal_working_set_limit(ram)
-    assert limit == int(ram * 2 / 3)
+    limit = int(ram * 2 / 3)  # Metal's recommended working set on this RAM (the hardware report's total for it)
     apple = GpuBudget("Apple M2", free_bytes=ram, total_bytes=ram, unified_memory=True, working_set_limit=limit,
                       backend="Metal")
     plan = offload.plan_offload(shape, gpus=[apple], host=HostBudget(ram, ram), options=_options(host_margin_bytes=128 * MiB))
@@ -236,7 +235,6 @@ def test_unified_memory_obeys_metals_working_set_limit_and_shares_ram() -> None:
     # what the GPU takes the host no longer has
     assert plan.host.budget_bytes == ram - gpu.breakdown.used
     assert 0 < plan.n_gpu_layers < 9
-    assert offload.metal_working_set_limit(64 * 1000**3) == int(64 * 1000**3 * 0.75)
 
 
 def test_predicted_against_actual_rows() -> None:
@@ -307,3 +305,17 @@ def test_host_weights_are_the_mapped_file_range_when_blocks_interleave() -> None
     # everything on the CPU: the file's own bytes, no range arithmetic
     cpu = offload.evaluate(shape, 0, gpus=gpus, host=HostBudget(16 * GiB), options=_options())
     assert cpu.host.breakdown.weights == shape.weights_bytes
+
+
+def test_an_apple_gpu_from_the_hardware_report_is_capped_at_metals_working_set() -> None:
+    from desktop.hardware.report import CpuInfo, HardwareReport, LlamaBuild, LlamaDevice, MemoryInfo, apple_unified_gpu
+    from desktop.memory import machine_from_report
+
+    ram = MemoryInfo(total=48 * 10**9, available=30 * 10**9)
+    gpu = apple_unified_gpu(ram, "Apple M3")  # the report's estimate: 3/4 of RAM above 36 GB
+    llama = LlamaBuild(available=True, supports_gpu_offload=True,
+                       devices=[LlamaDevice("Metal", "Apple M3", "GPU", "Metal", gpu.vram_total, gpu.vram_free)])
+    machine = machine_from_report(HardwareReport("macOS", CpuInfo("Apple M3", 8, 8, "arm64", []), ram, [gpu], llama, []))
+    (budget,) = machine.gpus
+    assert budget.unified_memory and budget.backend == "Metal"
+    assert budget.working_set_limit == gpu.vram_total == int(48 * 10**9 * 0.75)

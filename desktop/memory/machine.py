@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from desktop.jobs import format_bytes
-from desktop.memory.planner import GpuBudget, HostBudget, metal_working_set_limit
+from desktop.memory.planner import GpuBudget, HostBudget
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,9 @@ def machine_from_report(report: Any) -> Machine:
         total = int(getattr(gpu, "vram_total", 0) or 0)
         nvml_index = int(gpu.index) if getattr(gpu, "source", "") == "nvml" else next(
             (int(n.index) for n in gpus if getattr(n, "source", "") == "nvml" and _matches(str(n.name), name)), None)
-        limit = metal_working_set_limit(host.total_bytes or total) if unified else None
+        # a unified-memory GPU's total is Metal's working-set limit (llama.cpp's device memory, or the report's
+        # estimate of it), the most of the shared RAM the GPU may take
+        limit = total if unified and total else None
         max_tensor = getattr(gpu, "max_tensor_bytes", None)
         if max_tensor is None and getattr(gpu, "software", False) and backend.lower() == "vulkan":
             max_tensor = LAVAPIPE_MAX_TENSOR_BYTES

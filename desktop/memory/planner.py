@@ -149,11 +149,6 @@ class OffloadPlan:
         return data
 
 
-def metal_working_set_limit(total_ram: int) -> int:
-    """Metal's default recommended working-set size on Apple Silicon (the GPU's cap on unified memory)."""
-    return int(total_ram * (0.75 if total_ram > 36 * 2**30 else 2 / 3))
-
-
 def layer_devices(shape: ModelShape, n_gpu_layers: int, weights: Sequence[float]) -> list[int]:
     """For every layer ``0..n_layer`` (the last index is the output layer) the GPU index, or -1 for the CPU.
 
