@@ -104,6 +104,7 @@ class EngineWorker(QObject):
         self._closed = False
         self._flush_timer.start()
         self.engine.load(options)
+        self.engine.last_load = options  # a remote engine's load does not keep it; is_ready_with compares it
 
     def chat(
         self, messages: Sequence[Mapping[str, Any]], sampling: Sampling, *, on_overflow: str = "error"

@@ -30,6 +30,7 @@ from desktop.ui.chat.history import HistoryMixin
 from desktop.ui.chat.model import ModelMixin
 from desktop.ui.chat.offload import OffloadPanel
 from desktop.ui.chat.panels import STYLE, Composer, ModelBar, SpeedCard, scrolled
+from desktop.ui.chat.remote import RemoteBar
 from desktop.ui.chat.serve import ServePanel
 from desktop.ui.chat.settings import SettingsPanel
 from desktop.ui.chat.store import StoreQueue
@@ -59,13 +60,9 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
         self._closed = False
         self._interrupted: Any = None
         self._build()
-        self.worker.sig_load_progress.connect(self._on_load_progress)
-        self.worker.sig_loaded.connect(self._on_loaded)
-        self.worker.sig_load_cancelled.connect(self._on_load_cancelled)
-        self.worker.sig_prompt_started.connect(self._on_prompt_started)
-        self.worker.sig_tokens.connect(self._on_tokens)
-        self.worker.sig_reply_done.connect(self._on_reply_done)
-        self.worker.sig_error.connect(self._on_error)
+        self._local_worker = self.worker
+        self._remote_worker: EngineWorker | None = None
+        self._wire(self.worker)
         self._render_timer = QTimer(self)
         self._render_timer.setInterval(RENDER_MS)
         self._render_timer.timeout.connect(self._render)
@@ -108,6 +105,11 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
         centre_layout = QVBoxLayout(centre)
         centre_layout.setContentsMargins(0, 0, 0, 0)
         centre_layout.addWidget(self.model_bar)
+        self.remote_bar = RemoteBar(self._jobs)
+        self.remote_bar.sig_connected.connect(self._on_remote_connected)
+        self.remote_bar.models.currentIndexChanged.connect(self._update_controls)
+        self.remote_bar.hide()
+        centre_layout.addWidget(self.remote_bar)
         centre_layout.addWidget(centre_split, 1)
 
         self.offload = OffloadPanel()
@@ -136,6 +138,18 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
         for keys, slot in {"Ctrl+N": self.new_conversation, "Ctrl+R": self.regenerate, "Esc": self.stop}.items():
             QShortcut(QKeySequence(keys), self, slot, context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
 
+    def _wire(self, worker: EngineWorker) -> None:
+        """Connect an engine worker; only the one in use (``self.worker``) reaches the page."""
+
+        def only_current(slot):  # type: ignore[no-untyped-def]
+            return lambda *args: slot(*args) if worker is self.worker else None
+
+        for signal, slot in ((worker.sig_load_progress, self._on_load_progress), (worker.sig_loaded, self._on_loaded),
+                             (worker.sig_load_cancelled, self._on_load_cancelled),
+                             (worker.sig_prompt_started, self._on_prompt_started), (worker.sig_tokens, self._on_tokens),
+                             (worker.sig_reply_done, self._on_reply_done), (worker.sig_error, self._on_error)):
+            signal.connect(only_current(slot))
+
     # ---- the session's state, under the names the page has always had
     @property
     def turns(self) -> list[Turn]:
@@ -160,8 +174,8 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
         """Add the user's message, save it, and ask for a reply (loading the model first if needed)."""
         if not self.session.can_send(text):
             return False
-        if self.current_entry() is None:
-            self.notice.show_notice("info", "Pick a model first: add one on the Models page.")
+        if self.load_options() is None:
+            self.notice.show_notice("info", self.no_model_sentence())
             return False
         self.notice.clear()
         bubble = self.transcript.add("user", text)
@@ -356,7 +370,7 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
     def _update_controls(self) -> None:
         busy = self.session.busy
         loading = self.worker.state == "loading"
-        has_model = self.current_entry() is not None
+        has_model = self.load_options() is not None
         self.send_button.setEnabled(has_model and not busy)
         self.stop_button.setEnabled(busy or loading)
         self.regenerate_button.setEnabled(not busy and bool(self.turns))
@@ -375,5 +389,7 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
         self._closed = True
         self._render_timer.stop()
         self.serve.shutdown()
-        self.worker.shutdown(timeout_s=3.0)
+        if self._remote_worker is not None:
+            self._remote_worker.shutdown(timeout_s=1.0)
+        self._local_worker.shutdown(timeout_s=3.0)
         self.store.close()
