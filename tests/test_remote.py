@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import queue
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -266,3 +267,21 @@ def test_chat_cli_set_key_keeps_the_key_for_that_server(memory_keyring: object, 
     assert "answered HTTP 503" in captured.err and "engine is not running" in captured.err  # past the key
     assert "the-servers-key" not in captured.out + captured.err
     assert api_keys.get_remote_key(keyed.url + "/v1") == "the-servers-key"
+
+
+def test_stop_before_the_server_answers_ends_the_reply_at_once() -> None:
+    with socket.socket() as silent:  # accepts the connection, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        events: queue.Queue[EngineEvent] = queue.Queue()
+        remote = RemoteEngine(f"http://127.0.0.1:{silent.getsockname()[1]}", events.put, timeout_s=600)
+        remote.start()
+        request_id = remote.chat(user("hi"), GREEDY)
+        connection, _ = silent.accept()
+        with connection:
+            remote.stop()
+            while (event := events.get(timeout=30)).kind not in ("reply_done", "error"):
+                pass
+        remote.close()
+    assert (event.kind, event.request_id) == ("reply_done", request_id)
+    assert event.metrics is not None and event.metrics.finish_reason == "stopped"

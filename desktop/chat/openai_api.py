@@ -2,7 +2,8 @@
 
 Requests are untrusted: :func:`parse_chat` and :func:`parse_completion` check every field they use and raise
 :class:`ApiError` (an HTTP status and OpenAI's error object ``{"error": {message, type, param, code}}``) for
-anything malformed. Unknown fields are ignored, as OpenAI-compatible servers do.
+anything malformed. Unknown fields are ignored, as OpenAI-compatible servers do (``tools``, ``logprobs``,
+``response_format`` among them), and ``model`` is not checked: the one loaded model answers to any name.
 
 Sampling defaults for API requests are llama-server's (temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, no
 repeat penalty); ``top_k``, ``min_p`` and ``repeat_penalty`` are accepted as extensions. ``max_tokens`` (or

@@ -178,6 +178,8 @@ class RemoteEngine(Engine):
         on_overflow: str = "error",
         prompt: str | None = None,
     ) -> str:
+        if prompt is not None:
+            raise UserError("A model on a server answers chats only here.", "Send messages instead of a prompt.")
         request_id = request_id or uuid.uuid4().hex[:12]
         sampling_dict = sampling.as_dict() if isinstance(sampling, Sampling) else dict(sampling or {})
         body: dict[str, Any] = {
@@ -213,30 +215,38 @@ class RemoteEngine(Engine):
     def _stream(self, request_id: str, seq: int, body: dict[str, Any]) -> None:
         with self._turn:
             if self._stop_upto >= seq:
-                self._deliver(EngineEvent("reply_done", {"request_id": request_id, "text": "",
-                                                         "metrics": _Tally(time.perf_counter()).metrics(
-                                                             "stopped", 0, {}, {}), "timing_source": "stream"}))
+                self._stopped_early(request_id)
                 return
             try:
                 self._stream_turn(request_id, seq, body)
+            except _StoppedEarly:
+                self._stopped_early(request_id)
             except BaseException as exc:  # noqa: BLE001 - crosses as an error event
                 self._fail("chat", exc, request_id)
             finally:
                 with self._conn_lock:
                     self._sock = None
 
+    def _stopped_early(self, request_id: str) -> None:
+        """A reply stopped before the server sent any of it: reply_done with nothing, as the local engine says it."""
+        metrics = _Tally(time.perf_counter()).metrics("stopped", int(self.loaded_metadata.get("n_ctx") or 0), {}, {})
+        self._deliver(EngineEvent("reply_done", {"request_id": request_id, "text": "", "metrics": metrics,
+                                                 "timing_source": "stream"}))
+
     def _stream_turn(self, request_id: str, seq: int, body: dict[str, Any]) -> None:
         tally = _Tally(time.perf_counter())
         def keep(sock: socket.socket) -> None:
             with self._conn_lock:
                 self._sock = sock
+            if self._stop_upto >= seq:  # a stop that came while connecting: the answer must not be awaited
+                sock.shutdown(socket.SHUT_RDWR)
 
         try:
             conn, response = request(self.address, "POST", "/v1/chat/completions", self._key(), self.timeout_s,
                                       body, keep)
         except (OSError, http.client.HTTPException) as exc:
             if self._stop_upto >= seq:
-                raise UserError("Stopped before the server answered.", kind="stopped") from None
+                raise _StoppedEarly() from None
             raise network_error(exc, self.address, self.timeout_s) from None
         try:
             self._read_stream(request_id, seq, response, tally)
@@ -288,6 +298,10 @@ class RemoteEngine(Engine):
             "timing_source": "server" if metrics["llama_perf"] else "stream",
             "stream_timing": tally.stream_timing(), "server_timings": dict(timings) if timings else None,
         }))
+
+
+class _StoppedEarly(Exception):
+    """Stop closed the connection before the server answered."""
 
 
 class _Tally:
