@@ -233,7 +233,7 @@ def test_api_requests_and_the_windows_chat_take_turns_and_report_events(local: L
 
         thread = threading.Thread(target=api_request)
         thread.start()
-        while not any(e.kind == "token" for e in events):  # the API request holds the engine now
+        while thread.is_alive() and not any(e.kind == "token" for e in events):  # the API request holds the engine
             thread.join(0.05)
         window = local.ask(messages=user("Say hello in French:"))  # the window's own chat waits for its turn
         done["window"] = time.perf_counter()
@@ -317,7 +317,7 @@ def test_an_engine_crash_is_a_sentence_for_the_answered_and_the_waiting_client(t
 
             thread = threading.Thread(target=wait_for_turn)
             thread.start()
-            while crashing.turns.waiting("api") == 0:
+            while thread.is_alive() and crashing.turns.waiting("api") == 0:
                 thread.join(0.05)
             assert crashing.engine.pid is not None
             os.kill(crashing.engine.pid, signal.SIGKILL)
