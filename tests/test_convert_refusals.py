@@ -331,3 +331,18 @@ def test_a_config_with_20000_layers_is_refused_at_once(tiny: Path, tmp_path: Pat
     data["num_hidden_layers"] = 20_000
     config.write_text(json.dumps(data))
     refuse(tiny, tmp_path, "corrupt_checkpoint", "num_hidden_layers is 20000")
+
+
+def test_model_card_yaml_aliases_are_refused(tmp_path: Path) -> None:
+    """13-Low: model-card YAML aliases expanded without bound (nine of nine of ... 'lol': billions of items where
+    write_general walks the tags); a card with aliases is now ignored, a plain one still read."""
+    from desktop.convert.metadata import model_card
+
+    lines = ["---", 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    (tmp_path / "README.md").write_text("\n".join([*lines, "tags: *i", "license: mit", "---", "# A model"]))
+    ignored = model_card(tmp_path) == {}  # not asserted on the card itself: printing it would expand it
+    assert ignored
+    (tmp_path / "README.md").write_text("---\nlicense: mit\ntags: [chat, small]\n---\n# A model\n" + "x" * 3_000_000)
+    assert model_card(tmp_path) == {"license": "mit", "tags": ["chat", "small"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -9,22 +10,39 @@ from typing import Any
 import gguf
 import yaml
 
+log = logging.getLogger(__name__)
+
+
+MAX_CARD_BYTES = 1024 * 1024  # a model card's front matter is a few KB; the rest of README.md is not read
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: nine aliases of nine aliases (a 'billion laughs' card) would otherwise
+    expand into billions of items wherever the card's values are walked. Real model cards do not use them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases are not accepted in a model card")
+        return super().compose_node(parent, index)
+
 
 def model_card(src: Path) -> dict[str, Any]:
-    """The YAML front matter of README.md, or {}."""
+    """The YAML front matter of README.md, or {} (also for a card that uses YAML aliases or is not readable)."""
     readme = src / "README.md"
     if not readme.is_file():
         return {}
     try:
-        text = readme.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        with open(readme, "rb") as f:
+            text = f.read(MAX_CARD_BYTES).decode("utf-8", "replace")
+    except OSError:
         return {}
     match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.S)
     if not match:
         return {}
     try:
-        data = yaml.safe_load(match.group(1))
-    except yaml.YAMLError:
+        data = yaml.load(match.group(1), Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except (yaml.YAMLError, RecursionError):
+        log.info("the model card of %s is not used: its front matter is not plain YAML", src.name)
         return {}
     return data if isinstance(data, dict) else {}
 
