@@ -18,13 +18,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = subparsers.add_parser(
         "quantize",
         help="quantize a GGUF to one or more types",
-        description="Quantize a GGUF (best an F16/BF16/F32 one) with llama.cpp. Outputs are named <model>-<TYPE>.gguf.",
+        description="Quantize a GGUF (best an F16/BF16/F32 one) with llama.cpp. Outputs are named <model>-<TYPE>.gguf; "
+        "an existing file is never replaced (the output becomes <model>-<TYPE>-2.gguf instead).",
         epilog=f"types (bits per weight as on a Llama-3-8B-shaped model):\n{types}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", help="the GGUF to quantize")
     p.add_argument("types", nargs="+", metavar="TYPE", help="target types, e.g. Q4_K_M Q6_K (listed below)")
-    p.add_argument("-o", "--out-dir", help="output folder (default: next to the source)")
+    p.add_argument("-o", "--out-dir", help="output folder (default: next to the source; the models folder when the source is in the "
+                   "Hugging Face cache)")
     p.add_argument("--imatrix", help="importance matrix file (from 'quantdesk imatrix' or llama.cpp)")
     p.add_argument("--output-type", help="ggml type for output.weight, e.g. Q8_0")
     p.add_argument("--embedding-type", help="ggml type for token_embd.weight, e.g. Q8_0")
