@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QFileDialog, QMessageBox
 from desktop.chat.conversations import Conversation, ConversationStore, Message
 from desktop.chat.engine import ReplyMetrics
 from desktop.chat.session import ConversationSettings, metrics_line
+from desktop.naming import safe_name
 from desktop.ui.chat.conversations import ConversationList
 from desktop.ui.chat.offload import MODEL_TEMPLATE
 from desktop.workers import Job
@@ -129,9 +130,9 @@ class HistoryMixin:
     @Slot(int)
     def _choose_export(self, conversation_id: int) -> None:
         titles = dict(zip(self.conversations.ids(), self.conversations.titles()))
-        suggested = "".join(c if c.isalnum() or c in " -_" else "_" for c in titles.get(conversation_id, "")).strip()
+        suggested = safe_name(titles.get(conversation_id, ""), "conversation")
         path, _ = QFileDialog.getSaveFileName(
-            self, "Export conversation", str(Path.home() / f"{suggested or 'conversation'}.md"), "Markdown (*.md)"
+            self, "Export conversation", str(Path.home() / f"{suggested}.md"), "Markdown (*.md)"
         )
         if path:
             self.export_conversation(conversation_id, Path(path))
