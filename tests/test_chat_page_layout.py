@@ -21,10 +21,10 @@ from desktop.ui.chat.transcript import AutoHeightBrowser, MessageBubble
 
 from engine_helpers import demo_model_path  # noqa: E402 - tests/ is on sys.path under pytest
 
-BIG = ReplyMetrics(
-    prompt_tokens=12_345, prompt_ms=40_000.0, prompt_tokens_per_s=12_345.6, generated_tokens=9_999,
-    generation_ms=300_000.0, generation_tokens_per_s=1_234.5, ttft_s=123.45, total_s=12_345.67,
-    completion_tokens=99_999, prompt_tokens_total=12_345, context_used=131_072, n_ctx=131_072, finish_reason="length",
+BIG = ReplyMetrics(  # a long reply after a long prompt: the widest figures a real reply shows
+    prompt_tokens=8_192, prompt_ms=6_636.0, prompt_tokens_per_s=1_234.5, generated_tokens=4_096,
+    generation_ms=175_043.0, generation_tokens_per_s=23.4, ttft_s=6.64, total_s=183.25,
+    completion_tokens=4_096, prompt_tokens_total=8_192, context_used=12_288, n_ctx=32_768, finish_reason="length",
 )
 LONG_REPLY = ("A very long paragraph " * 60 + "\n\n```python\n" + "x = '" + "y" * 400 + "'\n```\n"
               + "https://example.org/" + "a" * 300)
@@ -53,13 +53,16 @@ def _fits(qtbot: QtBot, win, size: tuple[int, int]) -> None:  # type: ignore[no-
     page = win.chat_page
     win.resize(*size)
     qtbot.waitUntil(lambda: win.size().toTuple() == size, timeout=5_000)
-    QApplication.processEvents()
+    for _ in range(5):  # layouts settle in rounds of posted events
+        QApplication.processEvents()
     area = page.scroll_area
     assert not area.horizontalScrollBar().isVisible(), f"the page scrolls sideways at {size}"
     assert not area.verticalScrollBar().isVisible(), f"the page scrolls up and down at {size}"
     assert area.widget().minimumSizeHint().width() <= area.viewport().width()
     right = page.tabs.mapTo(page, QPoint(page.tabs.width(), 0)).x()
     assert page.tabs.isVisible() and right <= page.width(), "the settings panel is cut off"
+    plot = page.graph.plot  # the graph is not squeezed out of its card at the bottom
+    assert plot.mapTo(page.speed, QPoint(0, plot.height())).y() <= page.speed.height()
     for index in range(page.tabs.count()):  # and nothing inside it is cut off at its right edge
         side = page.tabs.widget(index)
         assert side.widget().minimumSizeHint().width() <= side.viewport().width(), page.tabs.tabText(index)

@@ -73,13 +73,18 @@ class SpeedGraph(QWidget):
         self.legend = QLabel()
         self._label_text = ""
         self.legend.setObjectName("note")
-        self.legend.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.legend.setWordWrap(True)
+        self.legend.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.marker_note = QLabel()  # its own line, so the graph's height never depends on its width
+        self.marker_note.setObjectName("note")
+        self.marker_note.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.marker_note.setStyleSheet(f"color: {MARK_COLOR}")
+        self.marker_note.setText(" ")
         self._legend_keys = (
             f"<span style='color:{RAW_COLOR}'>&#9473;</span> per token &nbsp; "
             f"<span style='color:{SMOOTH_COLOR}'>&#9473;</span> over {SMOOTH_TOKENS} tokens &nbsp; "
-            f"<span style='color:{MARK_COLOR}'>&#9482;</span> "
+            f"<span style='color:{MARK_COLOR}'>&#9482;</span> first token"
         )
+        self.legend.setText(self._legend_keys)
 
         self.history = pg.PlotWidget(background=background)
         self.history.setMouseEnabled(False, False)
@@ -103,6 +108,7 @@ class SpeedGraph(QWidget):
         left = QVBoxLayout()
         left.setSpacing(0)
         left.addWidget(self.legend)
+        left.addWidget(self.marker_note)
         left.addWidget(self.plot, 1)
         layout.addLayout(left, 1)
         layout.addWidget(self.history)
@@ -187,11 +193,10 @@ class SpeedGraph(QWidget):
         self.redraw()
 
     def _set_legend(self, note: str) -> None:
-        text = self._legend_keys + (f"<span style='color:{MARK_COLOR}'>{note}</span>" if note else "first token")
-        if text != self._label_text:  # the label relays out only when its text changes
-            self._label_text = text
-            self.legend.setText(text)
-            self.legend.setToolTip(note)
+        if note != self._label_text:  # the label relays out only when its text changes
+            self._label_text = note
+            self.marker_note.setText(note or " ")
+            self.marker_note.setToolTip(note)
 
     def history_values(self) -> list[float]:
         return list(self._history)
@@ -247,7 +252,7 @@ class SpeedStats(QWidget):
     page wider than the window."""
 
     NAMES = ("Generation", "Prompt", "First token", "Reply", "Context")
-    SPACING = 18
+    SPACING = 14
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -284,6 +289,10 @@ class SpeedStats(QWidget):
             self._grid.addWidget(cell, index // columns, index % columns, Qt.AlignmentFlag.AlignLeft)
         for column in range(len(self.NAMES) + 1):
             self._grid.setColumnStretch(column, 1 if column == columns else 0)
+        # the height follows the rows: an explicit minimum, so the card above the graph never squeezes them
+        rows = -(-len(self._cells) // columns)
+        row_height = max(cell.sizeHint().height() for cell in self._cells)
+        self.setMinimumHeight(rows * row_height + (rows - 1) * self._grid.verticalSpacing())
         self.updateGeometry()
 
     def _fitting_columns(self, width: int) -> int:

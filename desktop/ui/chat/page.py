@@ -117,13 +117,16 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
         self.settings = SettingsPanel()
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
-        self.tabs.addTab(scrolled(self.offload), "Model && memory")
-        self.tabs.addTab(scrolled(self.settings), "Prompt && sampling")
+        self.tabs.addTab(scrolled(self.offload), "Model")
+        self.tabs.setTabToolTip(0, "Context, template, threads, GPU layers and the memory they take")
+        self.tabs.addTab(scrolled(self.settings), "Prompt")
+        self.tabs.setTabToolTip(1, "The system prompt and the sampling settings")
         self.serve = ServePanel(self._jobs)
         self.serve.sig_request_started.connect(self._on_api_started)
         self.serve.sig_tokens.connect(self._on_api_tokens)
         self.serve.sig_request_done.connect(self._on_api_done)
         self.tabs.addTab(scrolled(self.serve), "Serve")
+        self.tabs.setTabToolTip(2, "Serve the loaded model as an OpenAI-compatible API")
         self._api_request = ""
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)

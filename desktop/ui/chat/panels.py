@@ -30,7 +30,7 @@ QFrame#userBubble QTextBrowser, QFrame#assistantBubble > QTextBrowser { backgrou
 QFrame#codeBlock { background: palette(window); border: 1px solid palette(midlight); border-radius: 6px; }
 QFrame#codeBlock QTextBrowser { background: transparent; }
 QLabel#bubbleRole { font-weight: 600; }
-QLabel#statValue { font-size: 15px; font-weight: 600; }
+QLabel#statValue { font-size: 14px; font-weight: 600; }
 QPushButton#smallButton { padding: 1px 8px; }
 QWidget#transcriptContent { background: palette(window); }
 QFrame#noticeBar { border-radius: 8px; }
