@@ -34,3 +34,65 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
 def no_real_keyring(memory_keyring: object) -> object:
     """No test may read or write the user's real keyring: every test gets an in-memory one."""
     return memory_keyring
+
+
+# ------------------------------------------------------------------ llama.cpp engines (GPU paths on a real GPU build)
+# Mesa's lavapipe is a Vulkan device on the CPU; llama.cpp skips CPU-type Vulkan devices unless told which to use.
+# With a real GPU at index 0 this picks that GPU, which serves the tests just as well.
+os.environ.setdefault("GGML_VK_VISIBLE_DEVICES", "0")
+
+
+@pytest.fixture(scope="session")
+def bundled_chat_model() -> Path:
+    """The bundled instruct model (SmolLM2 135M, the smoke test's model), assembled once per machine into the shared
+    folder the demo model uses (tests/engine_helpers.py), never into the real user's data folder."""
+    from engine_helpers import SHARED_HOME
+
+    previous = os.environ.get("QUANTDESK_HOME")
+    os.environ["QUANTDESK_HOME"] = str(SHARED_HOME)
+    try:
+        from desktop.chat_model import ensure_chat_model
+
+        return Path(ensure_chat_model())
+    finally:
+        if previous is None:
+            os.environ.pop("QUANTDESK_HOME", None)
+        else:
+            os.environ["QUANTDESK_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def vulkan_engine_session(tmp_path_factory: pytest.TempPathFactory, bundled_chat_model: Path) -> Path:
+    """The Vulkan engine made by the app's own builder (README's test command builds it into the shared cache first,
+    so this only installs it; without a cached build this builds it, which takes many minutes), installed into a
+    session data folder and smoke-tested once on this machine's Vulkan device (lavapipe in CI)."""
+    from desktop.llama.build import build_engine
+    from desktop.llama.engines import load_engine
+    from desktop.llama.smoke import run_smoke_test
+
+    data = tmp_path_factory.mktemp("engines-data")
+    result = build_engine("vulkan", lambda done, total, message: None, lambda: False, data_dir=data)
+    engine = load_engine(Path(result["path"]))
+    assert engine is not None, result
+    run_smoke_test(engine, bundled_chat_model)
+    return Path(result["path"])
+
+
+@pytest.fixture
+def vulkan_engine(vulkan_engine_session: Path, isolated_home: Path) -> object:
+    """The session's Vulkan engine (with its smoke result) in this test's own data folder, linked, not copied."""
+    import shutil
+
+    from desktop.llama.engines import load_engine
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system
+            shutil.copy2(src, dst)
+
+    target = isolated_home / "engines" / vulkan_engine_session.name
+    shutil.copytree(vulkan_engine_session, target, symlinks=True, copy_function=link_or_copy)
+    engine = load_engine(target)
+    assert engine is not None
+    return engine
