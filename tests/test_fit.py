@@ -56,12 +56,15 @@ def test_sliding_window_is_sized_one_way_from_config_and_from_gguf() -> None:
     assert shape_from_config(qwen).sliding_window == 0
 
 
-def test_per_layer_head_counts_count_by_their_largest_entry() -> None:
+def test_per_layer_head_counts_size_each_layer_by_its_own() -> None:
     meta = {"general.architecture": "llama", "llama.block_count": 16, "llama.attention.head_count": 32,
             "llama.attention.head_count_kv": [8, 8, 4, 8], "llama.embedding_length": 2048,
             "llama.context_length": 131072}
     shape = shape_from_metadata(meta, n_vocab=128256)
-    assert (shape.n_layer, shape.n_embd_k_gqa[0], shape.n_vocab, shape.n_ctx_train) == (16, 512, 128256, 131072)
+    assert (shape.n_layer, shape.n_vocab, shape.n_ctx_train) == (16, 128256, 131072)
+    # llama.cpp's n_embd_k_gqa(il): layer 2 has 4 KV heads of 64, the others (the array's last value on) 8
+    assert shape.n_embd_k_gqa == (512, 512, 256) + (512,) * 13 == shape.n_embd_v_gqa
+    assert sizes.kv_cache_bytes(shape, 256) == 256 * 2 * 2 * (15 * 512 + 256)
     nested = {"architectures": ["Gemma3ForConditionalGeneration"], "text_config": dict(LLAMA3_8B)}
     assert shape_from_config(nested).n_layer == 32
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from mockhub import MockHub, gguf_files, mock_hub  # noqa: F401 - fixtures
 from pytestqt.qtbot import QtBot
 
 from desktop import cli, memory
@@ -23,6 +25,7 @@ from desktop.hardware.report import (
     MemoryInfo,
     UsageSample,
 )
+from desktop.hub.inspect import inspect_repo
 from desktop.hub.repo import RepoReport, fit_rows
 from desktop.jobs import format_bytes
 from desktop.ui.chat.offload import OffloadPanel
@@ -62,7 +65,7 @@ def consumers(qtbot: QtBot, report: HardwareReport, monkeypatch: pytest.MonkeyPa
     found: dict[str, tuple[int, int]] = {}
 
     hub = RepoReport("org/demo-GGUF", "main", "0" * 40, "gguf", [], attention=shape,
-                     gguf_models=[GgufModel("demo-Q4_K_M.gguf", "Q4_K_M", ["demo-Q4_K_M.gguf"], shape.weights_bytes)])
+                     gguf_models=[GgufModel("demo-Q4_K_M.gguf", "Q4_K_M", ["demo-Q4_K_M.gguf"], path.stat().st_size)])
     row = fit_rows(hub, N_CTX, machine)[0]
     found["hub"] = (row.fit.needed_bytes, row.fit.plan.n_gpu_layers)
 
@@ -156,3 +159,18 @@ def test_gpu_reading_for_the_demo_model_after_a_load_includes_nvml(qtbot: QtBot)
     assert by_part[("Test GPU", "used")]["predicted"] == gpu.used
     assert by_part[("Test GPU", "overhead")]["actual"] == 600 * 10**6
     assert by_part[("Test GPU", "overhead")]["predicted"] == 558 * 10**6
+
+
+def test_the_hub_row_of_a_gguf_is_the_plan_of_that_file_once_downloaded(mock_hub: MockHub, tmp_path: Path) -> None:
+    """The Hub reads a single-file GGUF's whole tensor table by byte ranges, so its row is the local file's plan."""
+    files = gguf_files(tmp_path, "tiny-Q8_0", "Q8_0", n_layers=6, hidden=512, heads=8, kv_heads=2, vocab=4096)
+    mock_hub.add_repo("org/tiny-GGUF", files, tags=["gguf"])
+    report = inspect_repo(progress=lambda *a, **k: None, cancelled=lambda: False, repo="org/tiny-GGUF",
+                          revision=None)
+    machine = memory.Machine((memory.GpuBudget("GPU", 4 * 10**8, backend="Vulkan"),), memory.HostBudget(8 * GB))
+    (row,) = fit_rows(report, 2048, machine)
+    local = memory.fit(memory.shape_from_gguf(read_gguf(files["tiny-Q8_0.gguf"])), machine,
+                       memory.PlanOptions(n_ctx=2048))
+    assert (row.fit.where, row.fit.needed_bytes, row.kv_bytes) == (local.where, local.needed_bytes, local.kv_bytes)
+    assert row.fit.plan.gpus[0].breakdown == local.plan.gpus[0].breakdown
+    assert row.size_bytes > row.fit.plan.host.breakdown.weights  # the file's header is not weights

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -182,7 +183,8 @@ def test_tied_embeddings_put_a_copy_of_token_embd_on_the_gpu() -> None:
     assert on_gpu.gpus[0].breakdown.weights == 8 * LAYER_BYTES + shape.output_bytes
     assert on_gpu.host.breakdown.weights == 60 * MiB
     cpu = offload.evaluate(shape, 0, gpus=[GpuBudget("GPU 0", 24 * GiB)], host=HostBudget(16 * GiB), options=_options())
-    assert cpu.host.breakdown.weights == 60 * MiB + 8 * LAYER_BYTES  # the tied output reuses token_embd
+    assert cpu.host.breakdown.weights == 60 * MiB + 8 * LAYER_BYTES + 4 * 1024  # the tied output reuses token_embd
+    assert shape.weights_bytes == cpu.host.breakdown.weights  # the file's tensors, output_norm included
 
 
 def test_a_model_that_does_not_fit_at_all() -> None:
@@ -293,7 +295,9 @@ def test_host_weights_are_the_mapped_file_range_when_blocks_interleave() -> None
     info = synthetic_info(n_layer=12)
     blocks = [t for t in info.tensors if t.name.startswith("blk.")]
     others = [t for t in info.tensors if not t.name.startswith("blk.")]
-    info.tensors = [others[0], *sorted(blocks, key=lambda t: t.name), *others[1:]]
+    ordered = [others[0], *sorted(blocks, key=lambda t: t.name), *others[1:]]
+    starts = [sum(t.n_bytes for t in ordered[:i]) for i in range(len(ordered))]  # offsets in the tensor data
+    info.tensors = [dataclasses.replace(t, offset=start) for t, start in zip(ordered, starts, strict=True)]
     shape = shape_from_gguf(info)
     gpus = [GpuBudget("GPU 0", 24 * GiB, backend="Vulkan")]
     plan = offload.evaluate(shape, 9, gpus=gpus, host=HostBudget(16 * GiB), options=_options())  # blocks 0-3 on the CPU

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from desktop.errors import UserError
-from desktop.memory import shape_from_config, shape_from_metadata
+from desktop.memory import shape_from_config, shape_from_header, shape_from_metadata
 from desktop.convert.safetensors import shard_path
 from desktop.hub.errors import hub_errors
 from desktop.hub.fetch import range_fetcher, read_config, read_index, safetensors_header
@@ -245,7 +245,10 @@ def _gguf_report(report: RepoReport, listing: RepoListing, ctx: HubContext, prog
     report.architecture = header.architecture
     report.gguf_arch = header.architecture
     report.parameter_count = params
-    report.attention = shape_from_metadata(header.metadata, header.n_vocab)
+    if len(sample.files) == 1 and header.tensors:  # the whole tensor table: per-layer bytes, tied embeddings
+        report.attention = shape_from_header(header, sample.files[0])
+    else:
+        report.attention = shape_from_metadata(header.metadata, header.n_vocab)
     report.context_length = report.attention.n_ctx_train
     if not sample.quant:
         sample.quant = header.file_type

@@ -23,7 +23,13 @@ from desktop.memory.planner import (
     plan_offload,
     predicted_vs_actual,
 )
-from desktop.memory.shape import ModelShape, shape_from_config, shape_from_gguf, shape_from_metadata
+from desktop.memory.shape import (
+    ModelShape,
+    shape_from_config,
+    shape_from_gguf,
+    shape_from_header,
+    shape_from_metadata,
+)
 from desktop.memory.sizes import (
     FLASH_ATTN_CHOICES,
     GPU_MARGIN_BYTES,
@@ -40,5 +46,5 @@ __all__ = [
     "DevicePlan", "Fit", "GpuBudget", "HostBudget", "Machine", "MemoryBreakdown", "ModelShape", "OffloadPlan",
     "PlanOptions", "backend", "cpu_tokens_per_s", "evaluate", "fit", "kv_cache_bytes", "largest_model",
     "machine_from_report", "max_gpu_layers", "memory_needed", "plan_offload", "predicted_vs_actual",
-    "shape_from_config", "shape_from_gguf", "shape_from_metadata", "this_machine", "what_fits",
+    "shape_from_config", "shape_from_gguf", "shape_from_header", "shape_from_metadata", "this_machine", "what_fits",
 ]

@@ -222,8 +222,7 @@ def _evaluate(shape: ModelShape, n_gpu_layers: int, gpus: Sequence[GpuBudget], h
         if device < 0:
             host_layers += 1
             host_kv += kv
-            if not (is_output and shape.tied_embeddings):  # a tied output on the CPU reuses token_embd
-                host_weights += size
+            host_weights += size - (shape.output_copy_bytes if is_output else 0)  # a tied output reuses token_embd
         else:
             gpu_layers[device] += 1
             gpu_weights[device] += size

@@ -64,16 +64,16 @@ class ModelShape:
     swa_layers: tuple[bool, ...] = ()  # per layer: True for a sliding-window layer
     tied_embeddings: bool = False
     weights_known: bool = True
-    file_order: tuple[tuple[int, int], ...] = ()  # (owner layer, bytes) per tensor in file order (-1: input)
+    output_copy_bytes: int = 0  # tied embeddings: the copy of token_embd in output_bytes (not in the file)
+    file_order: tuple[tuple[int, int, int], ...] = ()  # (owner layer, offset, bytes) per tensor (-1: input)
+    header_bytes: int = 0  # what a file of this model holds besides its tensors (the GGUF header), when known
 
     def mapped_bytes(self, owners: set[int]) -> int:
         """What llama.cpp maps for the tensors of ``owners`` ("CPU_Mapped model buffer size"): the file range from
         the first to the last of them, including other layers' tensors in between (files that order blocks
         blk.0, blk.1, blk.10, ... interleave them). Without the file order: the tensors' own bytes."""
-        hits = [i for i, (owner, _) in enumerate(self.file_order) if owner in owners]
-        if not hits:
-            return 0
-        return sum(size for _, size in self.file_order[hits[0]:hits[-1] + 1])
+        hits = [(offset, offset + size) for owner, offset, size in self.file_order if owner in owners]
+        return max(end for _, end in hits) - min(start for start, _ in hits) if hits else 0
 
     @property
     def total_layers(self) -> int:
@@ -82,23 +82,29 @@ class ModelShape:
 
     @property
     def weights_bytes(self) -> int:
-        return sum(self.layer_bytes) + self.input_bytes + (0 if self.tied_embeddings else self.output_bytes)
+        return sum(self.layer_bytes) + self.input_bytes + self.output_bytes - self.output_copy_bytes
 
     def is_swa(self, layer: int) -> bool:
         return self.sliding_window > 0 and layer < len(self.swa_layers) and self.swa_layers[layer]
 
     def with_weights(self, total_bytes: int) -> ModelShape:
-        """The same shape holding ``total_bytes`` of weights (a file's or a predicted quant's size).
+        """The same shape holding ``total_bytes`` of weights (a file's or a predicted quant's size; a known
+        header is not weights).
 
         Known per-layer bytes are scaled; unknown ones are estimated from parameter counts: the embeddings
         (``n_vocab x n_embd``, twice when the output is not tied) and equal blocks for the rest.
         """
-        total = max(0, int(total_bytes))
+        total = max(0, int(total_bytes) - self.header_bytes)
+        order: tuple[tuple[int, int, int], ...] = ()
         if self.weights_known and self.weights_bytes > 0:
+            if total == self.weights_bytes:
+                return self
             scale = total / self.weights_bytes
             layers = tuple(int(b * scale) for b in self.layer_bytes)
             input_bytes = int(self.input_bytes * scale)
             output = int(self.output_bytes * scale)
+            copy = int(self.output_copy_bytes * scale)
+            order = tuple((owner, int(offset * scale), int(size * scale)) for owner, offset, size in self.file_order)
         else:
             embd = self.n_vocab * self.n_embd
             kv = max(self.n_embd_k_gqa, default=0) + max(self.n_embd_v_gqa, default=0)
@@ -108,10 +114,11 @@ class ModelShape:
             layers = tuple(int(block * per) for _ in range(self.n_layer))
             input_bytes = int(embd * per)
             output = input_bytes  # untied: its own matrix of the same size; tied: llama.cpp's copy
-        used = sum(layers) + input_bytes + (0 if self.tied_embeddings else output)
+            copy = output if self.tied_embeddings else 0
+        used = sum(layers) + input_bytes + output - copy
         input_bytes += total - used  # rounding lands on the host
         return replace(self, layer_bytes=layers, input_bytes=input_bytes, output_bytes=output, weights_known=True,
-                       file_order=())
+                       file_order=order, output_copy_bytes=copy)
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -141,11 +148,19 @@ def _window(window: int, swa: tuple[bool, ...]) -> tuple[int, tuple[bool, ...]]:
 
 
 def shape_from_gguf(info: GGUFInfo) -> ModelShape:
-    """The planner's numbers from a GGUF's tensor table (exact per-layer bytes and K/V widths)."""
-    n_layer = info.block_count
+    """The planner's numbers from a local GGUF's tensor table (exact per-layer bytes and K/V widths)."""
+    return shape_from_header(info, info.path.name, split=len(info.shards) > 1)
+
+
+def shape_from_header(info: Any, name: str, *, split: bool = False) -> ModelShape:
+    """The same from any header with ``metadata`` and ``tensors`` (a local :class:`GGUFInfo`, or a remote
+    :class:`desktop.gguf.parser.Header` read by byte ranges): all of a model's tensors, so one file of it."""
+    metadata = info.metadata
+    arch = str(metadata.get("general.architecture") or "")
+    n_layer = _int(metadata.get(f"{arch}.block_count"))
     if n_layer <= 0:
         raise UserError(
-            f"{info.path.name} does not say how many layers it has, so its memory cannot be planned.",
+            f"{name} does not say how many layers it has, so its memory cannot be planned.",
             "Pick a GGUF made by a recent converter.",
         )
     layer_bytes = [0] * n_layer
@@ -153,14 +168,14 @@ def shape_from_gguf(info: GGUFInfo) -> ModelShape:
     v_width = [0] * n_layer
     output_bytes = input_bytes = token_embd_bytes = n_vocab = 0
     have_output_weight = False
-    n_embd = _int(info.hparam("embedding_length"))
-    order: list[tuple[int, int]] = []
-    for t in info.tensors:
+    n_embd = _int(metadata.get(f"{arch}.embedding_length"))
+    order: list[tuple[int, int, int]] = []
+    for t in info.tensors or ():
         match = _BLOCK_RE.match(t.name)
         owner = int(match.group(1)) if match and int(match.group(1)) < n_layer else -1
         if t.name.startswith(("output.", "output_norm.")):
             owner = n_layer
-        order.append((owner, t.n_bytes))
+        order.append((owner, t.offset, t.n_bytes))
         if match:
             il = int(match.group(1))
             if il < n_layer:
@@ -183,16 +198,15 @@ def shape_from_gguf(info: GGUFInfo) -> ModelShape:
                 n_vocab = t.shape[1]
         input_bytes += t.n_bytes
     tied = not have_output_weight
-    if tied:
-        output_bytes += token_embd_bytes  # llama.cpp duplicates token_embd onto the output layer's device
-    base = shape_from_metadata(info.metadata, n_vocab)
+    copy = token_embd_bytes if tied else 0  # llama.cpp duplicates token_embd onto the output layer's device
+    output_bytes += copy
+    base = shape_from_metadata(metadata, n_vocab)
     k = [k_width[il] or base.n_embd_k_gqa[il] for il in range(n_layer)]  # fused QKV (phi3): the metadata
     v = [v_width[il] or base.n_embd_v_gqa[il] for il in range(n_layer)]
     return replace(
         base,
         n_embd=n_embd or base.n_embd,
-        n_vocab=n_vocab or base.n_vocab or _int(info.metadata.get("tokenizer.ggml.vocab_size")),
-        n_ctx_train=info.context_length or base.n_ctx_train,
+        n_vocab=n_vocab or base.n_vocab or _int(metadata.get("tokenizer.ggml.vocab_size")),
         layer_bytes=tuple(layer_bytes),
         output_bytes=output_bytes,
         input_bytes=input_bytes,
@@ -200,8 +214,19 @@ def shape_from_gguf(info: GGUFInfo) -> ModelShape:
         n_embd_v_gqa=tuple(v),
         tied_embeddings=tied,
         weights_known=True,
-        file_order=tuple(order) if len(info.shards) <= 1 else (),  # a split model maps each shard apart
+        output_copy_bytes=copy,
+        # a split model maps each shard apart; offsets all 0: a table read without them
+        file_order=tuple(order) if not split and any(o for _, o, _ in order) else (),
+        header_bytes=_not_weights(info, order),
     )
+
+
+def _not_weights(info: Any, order: list[tuple[int, int, int]]) -> int:
+    """The bytes of a file that are not tensors: the header, and the alignment padding between tensors."""
+    header = int(getattr(info, "data_offset", 0) or 0)
+    if not order or not any(offset for _, offset, _ in order):
+        return header
+    return header + max(offset + size for _, offset, size in order) - sum(size for _, _, size in order)
 
 
 def shape_from_metadata(metadata: Mapping[str, Any], n_vocab: int = 0) -> ModelShape:
@@ -224,16 +249,21 @@ def shape_from_metadata(metadata: Mapping[str, Any], n_vocab: int = 0) -> ModelS
         pattern = _int(pattern_value) if isinstance(pattern_value, (int, float)) else None
         swa = swa_layer_pattern(arch, n_layer, pattern)
     window, swa = _window(hp("attention.sliding_window"), swa)
+    per_layer = heads_kv[:n_layer]  # llama.cpp sizes each layer's cache by that layer's own KV heads
     return _unsized(arch, n_layer, hp("context_length"), n_embd, n_vocab or hp("vocab_size"), n_head,
-                    hp("feed_forward_length"), (n_head_kv * key_length, n_head_kv * value_length), window, swa)
+                    hp("feed_forward_length"), (tuple(h * key_length for h in per_layer),
+                                                tuple(h * value_length for h in per_layer)), window, swa)
 
 
 def _unsized(arch: str, n_layer: int, n_ctx_train: int, n_embd: int, n_vocab: int, n_head: int, n_ff: int,
-             kv_widths: tuple[int, int], window: int, swa: tuple[bool, ...], tied: bool = False) -> ModelShape:
-    """A shape whose weight bytes are not known yet (see :meth:`ModelShape.with_weights`)."""
+             kv_widths: tuple[int | tuple[int, ...], int | tuple[int, ...]], window: int, swa: tuple[bool, ...],
+             tied: bool = False) -> ModelShape:
+    """A shape whose weight bytes are not known yet (see :meth:`ModelShape.with_weights`). ``kv_widths``: K and
+    V widths, each one for every layer or a tuple per layer."""
+    k, v = ((w,) * n_layer if isinstance(w, int) else tuple(w) for w in kv_widths)
     return ModelShape(architecture=arch, n_layer=n_layer, n_ctx_train=n_ctx_train, n_embd=n_embd, n_vocab=n_vocab,
                       n_head=n_head, n_ff=n_ff, layer_bytes=(0,) * n_layer, output_bytes=0, input_bytes=0,
-                      n_embd_k_gqa=(kv_widths[0],) * n_layer, n_embd_v_gqa=(kv_widths[1],) * n_layer,
+                      n_embd_k_gqa=k, n_embd_v_gqa=v,
                       sliding_window=window, swa_layers=swa, tied_embeddings=tied, weights_known=False)
 
 
