@@ -268,7 +268,7 @@ class Gemma3(Architecture):
         if gguf_name.endswith("norm.weight"):
             # Gemma stores RMSNorm weights as offsets from 1.
             return PlannedTensor(gguf_name, ref.shape, ref, lambda a, b: ref.rows_f32(a, b) + 1.0, keep_f32=True)
-        if gguf_name == "token_embd.weight" and ref.shape[0] > self.n_vocab:
+        if gguf_name == "token_embd.weight" and len(ref.shape) == 2 and ref.shape[0] > self.n_vocab:
             # The embedding has rows for image tokens the text vocabulary does not have.
             shape = (self.n_vocab, *ref.shape[1:])
             return PlannedTensor(gguf_name, shape, ref, ref.rows_f32, passthrough=True)

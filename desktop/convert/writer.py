@@ -155,7 +155,7 @@ def _write(fout: BinaryIO, arr: np.ndarray) -> int:
 
 def _n_vocab_rows(ckpt: Checkpoint) -> int | None:
     for name, ref in ckpt.tensors.items():
-        if name.endswith("embed_tokens.weight") and "vision" not in name:
+        if name.endswith("embed_tokens.weight") and "vision" not in name and len(ref.shape) == 2:
             return ref.shape[0]
     return None
 
