@@ -131,30 +131,33 @@ def load_imatrix(path: Path | str) -> ImatrixData:
 def _load_gguf(path: Path) -> ImatrixData:
     import gguf
 
-    reader = gguf.GGUFReader(str(path), "r")
+    from desktop.gguf.reader import read_gguf, tensor_data
 
-    def field_value(key: str) -> Any:
-        f = reader.get_field(key)
-        return f.contents() if f is not None else None
-
+    info = read_gguf(path)  # the one bounded header reader; the data is memory-mapped, not parsed
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, np.ndarray] = {}
-    for t in reader.tensors:
-        values = np.array(t.data, dtype=np.float32)
+    for t in info.tensors:
+        if not t.name.endswith((".in_sum2", ".counts")):
+            continue
+        if t.ggml_type != "F32" or not t.shape or t.shape[0] == 0:
+            raise UserError(f"{path.name} is not an importance matrix (its tensor {t.name[:80]} is not F32 values).")
+        values = np.frombuffer(bytes(tensor_data(info, t.name)), dtype=np.float32)  # a copy: no open map
         if t.name.endswith(".in_sum2"):
             sums[t.name[: -len(".in_sum2")]] = values.reshape(-1, int(t.shape[0]))
-        elif t.name.endswith(".counts"):
+        else:
             counts[t.name[: -len(".counts")]] = values.reshape(-1)
     names = sorted(set(sums) & set(counts))
     if not names or set(sums) != set(counts):
         raise UserError(f"{path.name} is not an importance matrix (it lacks matching .in_sum2 and .counts tensors).")
-    datasets = field_value(gguf.Keys.IMatrix.DATASETS) or []
+    meta = info.metadata
+    datasets = meta.get(gguf.Keys.IMatrix.DATASETS)
+    chunk_count, chunk_size = meta.get(gguf.Keys.IMatrix.CHUNK_COUNT), meta.get(gguf.Keys.IMatrix.CHUNK_SIZE)
     return ImatrixData(
         sums={n: sums[n] for n in names},
         counts={n: counts[n] for n in names},
-        datasets=[str(d) for d in datasets],
-        chunk_count=int(field_value(gguf.Keys.IMatrix.CHUNK_COUNT) or 0),
-        chunk_size=int(field_value(gguf.Keys.IMatrix.CHUNK_SIZE) or 0),
+        datasets=[str(d) for d in datasets] if isinstance(datasets, list) else [],
+        chunk_count=chunk_count if isinstance(chunk_count, int) else 0,
+        chunk_size=chunk_size if isinstance(chunk_size, int) else 0,
     )
 
 
