@@ -357,3 +357,16 @@ def test_a_new_serve_key_is_shown_once_and_then_kept_in_the_keyring(memory_keyri
     key = api_keys.get_serve_key()
     assert key and f"API key (shown this once; QuantDesk keeps it in the system keyring): {key}" in first
     assert key not in second and "Clients need the API key kept in the system keyring" in second
+
+
+def test_stopping_quantdesk_serve_leaves_no_engine_process_behind() -> None:
+    import psutil
+
+    with quantdesk_serve(demo_model_path()) as server:
+        children = psutil.Process(server.process.pid).children(recursive=True)
+        assert children  # the engine's child process holds the model
+        status, _ = raw_request(server.url, "GET", "/health")
+        assert status == 200
+    assert server.process.returncode == 130 and "Stopped." in server.output()  # SIGTERM ends it like Ctrl+C
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive
