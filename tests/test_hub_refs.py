@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 from mockhub import MockHub, memory_keyring, mock_hub  # noqa: F401 - fixtures
 
@@ -157,25 +163,15 @@ def test_never_over_plain_http_and_huggingface_tokens_only_to_huggingface(monkey
     assert tokens.token_for("https://huggingface.co") == "hf_hub_token_6"
 
 
-def test_next_page_links_stay_on_the_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
-    """13.7: paginated listings followed any next-page link, taking the token to another host."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    seen: list[tuple[str, str | None]] = []
-
+@contextmanager
+def hub_server(respond: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[str]:
+    """A one-off HTTP server on loopback whose every GET is answered by ``respond``: a Hub that misbehaves."""
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            seen.append((self.headers.get("Host", ""), self.headers.get("Authorization")))
-            body = json.dumps([{"id": f"org/m{len(seen)}"}]).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            # The next page on another host name (the same server, reached as "localhost").
-            self.send_header("Link", f'<http://localhost:{self.server.server_port}/api/models?p=2>; rel="next"')
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                respond(self)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped reading, as it should
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             pass
@@ -183,17 +179,37 @@ def test_next_page_links_stay_on_the_endpoint(monkeypatch: pytest.MonkeyPatch) -
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        endpoint = f"http://127.0.0.1:{server.server_port}"
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_next_page_links_stay_on_the_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """13.7: paginated listings followed any next-page link, taking the token to another host."""
+    seen: list[tuple[str, str | None]] = []
+
+    def respond(handler: BaseHTTPRequestHandler) -> None:
+        seen.append((handler.headers.get("Host", ""), handler.headers.get("Authorization")))
+        body = json.dumps([{"id": f"org/m{len(seen)}"}]).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        # The next page on another host name (the same server, reached as "localhost").
+        port = handler.server.server_port
+        handler.send_header("Link", f'<http://localhost:{port}/api/models?p=2>; rel="next"')
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    with hub_server(respond) as endpoint:
         monkeypatch.setenv("HF_ENDPOINT", endpoint)
         tokens.save_token("hf_endpoint_token_7", endpoint)
         from desktop.hub.repo import get_json_pages, hub_context
 
         with pytest.raises(UserError) as info:
             get_json_pages(hub_context(), "/api/models", {})
-    finally:
-        server.shutdown()
     assert info.value.kind == "bad_server"
-    assert seen == [(f"127.0.0.1:{server.server_port}", "Bearer hf_endpoint_token_7")]
+    assert seen == [(endpoint.removeprefix("http://"), "Bearer hf_endpoint_token_7")]
 
 
 def test_a_plaintext_keyring_counts_as_none(tmp_path) -> None:
@@ -215,3 +231,40 @@ def test_a_plaintext_keyring_counts_as_none(tmp_path) -> None:
     finally:
         keyring.set_keyring(previous)
     assert "hf_abcdefghijklmnop" not in (tmp_path / "keyring_pass.cfg").read_text()
+
+
+def test_numbers_and_sizes_from_listings_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """13.1/13.9: a search answer's numbers went through int() (a string or 1e308 was an internal error), and a
+    listing page was buffered whole, however long."""
+    import tracemalloc
+
+    from desktop.hub.search import search_models
+
+    def respond(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.end_headers()
+        if "endless" in handler.path:  # a page that never ends
+            handler.wfile.write(b'[{"id": "org/a", "pad": "')
+            while True:
+                handler.wfile.write(b"x" * 65536)
+        handler.wfile.write(json.dumps([{"id": "org/a", "downloads": "lots", "likes": -3, "tags": "gguf"},
+                                        {"id": "org/b", "downloads": 1e308, "likes": True},
+                                        {"id": "org/c", "downloads": 7, "tags": ["gguf"]}]).encode())
+
+    with hub_server(respond) as endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        result = search_models("org")
+        assert [(h.repo_id, h.downloads, h.likes, h.is_gguf) for h in result.hits] == [
+            ("org/a", 0, 0, False), ("org/b", 0, 0, False), ("org/c", 7, 0, True)]
+        from desktop.hub.repo import get_json_pages, hub_context
+
+        tracemalloc.start()
+        try:
+            with pytest.raises(UserError) as info:
+                get_json_pages(hub_context(), "/api/endless", {})
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert info.value.kind == "bad_server" and "larger than" in info.value.message
+    assert peak < 200 * 1024 * 1024

@@ -13,14 +13,12 @@ from typing import Any
 from desktop.convert.checkpoint import MAX_CONFIG_BYTES, parse_config
 from desktop.convert.safetensors import MAX_INDEX_BYTES, HeaderEntry, loads_strict, parse_header
 from desktop.errors import UserError
+from desktop.hub.http import fetch_range
 from desktop.hub.repo import HubContext, RepoListing, storage_folder
 
-__all__ = ["MAX_SAFETENSORS_HEADER", "fetch_range", "range_fetcher", "read_config", "read_index",
-           "safetensors_header"]
+__all__ = ["MAX_SAFETENSORS_HEADER", "range_fetcher", "read_config", "read_index", "safetensors_header"]
 
 MAX_SAFETENSORS_HEADER = 100_000_000
-MAX_ERROR_BODY = 64 * 1024
-_CHUNK = 64 * 1024
 
 
 def _local(listing: RepoListing, ctx: HubContext, path: str) -> Path | None:
@@ -91,38 +89,6 @@ def read_index(listing: RepoListing, ctx: HubContext, path: str) -> Any:
         return loads_strict(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise _bad(listing, path, f"it is not valid JSON: {str(exc)[:80]}") from None
-
-
-def fetch_range(url: str, headers: dict[str, str], start: int, end: int, timeout: float) -> bytes:
-    """Bytes ``[start, end)`` of ``url``, streamed: never more than ``end - start`` are kept, and a server that
-    ignores ``Range`` (200 with the whole file) is read only up to ``end``."""
-    from huggingface_hub.utils import get_session, hf_raise_for_status
-
-    want = end - start
-    if want <= 0:
-        return b""
-    with get_session().stream("GET", url, headers={**headers, "Range": f"bytes={start}-{end - 1}"},
-                              timeout=timeout) as response:
-        if response.status_code >= 400:
-            body = bytearray()
-            for chunk in response.iter_bytes(_CHUNK):
-                body += chunk
-                if len(body) >= MAX_ERROR_BODY:
-                    break
-            response._content = bytes(body[:MAX_ERROR_BODY])  # what hf_raise_for_status reads, bounded
-            hf_raise_for_status(response)
-        skip = start if response.status_code == 200 else 0  # Range ignored: the body starts at byte 0
-        out = bytearray()
-        for chunk in response.iter_bytes(_CHUNK):
-            if skip:
-                if len(chunk) <= skip:
-                    skip -= len(chunk)
-                    continue
-                chunk, skip = chunk[skip:], 0
-            out += chunk[: want - len(out)]
-            if len(out) >= want:
-                break
-    return bytes(out)
 
 
 def range_fetcher(listing: RepoListing, ctx: HubContext, path: str) -> Callable[[int, int], bytes]:

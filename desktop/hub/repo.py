@@ -27,6 +27,7 @@ from desktop.hub import tokens
 from desktop.errors import UserError
 from desktop.memory import Fit, Machine, ModelShape, PlanOptions, fit
 from desktop.hub.errors import TOKEN_KINDS, hub_errors, translate
+from desktop.hub.http import count
 from desktop.gguf.remote import GgufModel
 from desktop.jobs import CancelledFn, ProgressFn, check_cancelled
 
@@ -248,10 +249,10 @@ def list_repo(ref: RepoRef, ctx: HubContext) -> RepoListing:
     revision = ref.revision or "main"
     try:
         info = api.repo_info(ref.repo_id, revision=revision, timeout=ctx.timeout)
-        files = [RepoFile(e["path"], int(e.get("size") or 0))
+        files = [RepoFile(str(e.get("path"))[:1000], count(e.get("size")))
                  for e in get_json_pages(ctx, f"/api/models/{ref.repo_id}/tree/{quote(str(info.sha), safe='')}",
                                           {"recursive": "true", "expand": "false"})
-                 if isinstance(e, dict) and e.get("type") == "file"]
+                 if isinstance(e, dict) and e.get("type") == "file" and isinstance(e.get("path"), str)]
     except UserError:
         raise
     except Exception as exc:
@@ -386,13 +387,18 @@ def _same_origin(url: str, endpoint: str) -> bool:
     return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
 
 
+MAX_LISTED = 200_000  # items of one listing, all pages together
+
+
 def get_json_pages(ctx: HubContext, path: str, params: dict[str, str], max_pages: int = 1000) -> list[Any]:
     """GET a Hub API list, following ``Link: <...>; rel="next"`` pages, with the context's timeout.
 
     huggingface_hub's own listing calls retry connection failures for about 23 s and take no timeout; the app
     prefers a prompt sentence and a retry button.
     """
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+    from huggingface_hub.utils import build_hf_headers
+
+    from desktop.hub.http import get_json
 
     headers = build_hf_headers(token=ctx.token, library_name="quantdesk")
     url: str | None = f"{ctx.endpoint}{path}"
@@ -401,12 +407,12 @@ def get_json_pages(ctx: HubContext, path: str, params: dict[str, str], max_pages
     for _ in range(max_pages):
         if url is None:
             break
-        response = get_session().get(url, params=query, headers=headers, timeout=ctx.timeout)
-        hf_raise_for_status(response)
-        page = response.json()
-        items.extend(page if isinstance(page, list) else [])
+        page, response = get_json(url, query, headers, ctx.timeout)
+        items.extend(page[: MAX_LISTED - len(items)] if isinstance(page, list) else [])
         url = response.links.get("next", {}).get("url") if hasattr(response, "links") else None
         query = None  # the next link carries the query
+        if len(items) >= MAX_LISTED:
+            break
         if url is not None and not _same_origin(url, ctx.endpoint):
             raise UserError("The Hub's answer sent QuantDesk to another server for the next page of the list, "
                             "so QuantDesk stopped there.", "Check HF_ENDPOINT, or retry later.", kind="bad_server")

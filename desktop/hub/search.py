@@ -11,6 +11,7 @@ from pathlib import Path
 
 from desktop.hub.repo import get_json_pages, default_cache_dir, hub_context
 from desktop.hub.errors import translate
+from desktop.hub.http import count
 
 __all__ = ["CachedRepo", "SearchHit", "SearchResult", "cached_repos", "search_models"]
 
@@ -66,12 +67,13 @@ def search_models(
     for m in models:
         if not isinstance(m, dict) or not m.get("id"):
             continue
-        tags = tuple(str(t) for t in (m.get("tags") or ()))
+        raw_tags = m.get("tags")
+        tags = tuple(str(t)[:100] for t in raw_tags[:200]) if isinstance(raw_tags, list) else ()
         hits.append(
             SearchHit(
-                repo_id=str(m["id"]),
-                downloads=int(m.get("downloads") or 0),
-                likes=int(m.get("likes") or 0),
+                repo_id=str(m["id"])[:200],
+                downloads=count(m.get("downloads")),
+                likes=count(m.get("likes")),
                 pipeline_tag=str(m.get("pipeline_tag") or ""),
                 tags=tags,
                 is_gguf="gguf" in tags or m.get("library_name") == "gguf",
