@@ -6,10 +6,11 @@ numbers from JSON answers clamped. Nothing a server sends is buffered whole.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from desktop.errors import UserError
 
-__all__ = ["MAX_JSON_BYTES", "count", "fetch_range", "get_json"]
+__all__ = ["MAX_JSON_BYTES", "count", "fetch_range", "get_json", "get_json_pages"]
 
 MAX_ERROR_BODY = 64 * 1024
 MAX_JSON_BYTES = 64 * 1024 * 1024  # one page of a listing; a repo of 100,000 files is about 20 MB
@@ -81,3 +82,39 @@ def get_json(url: str, params: dict[str, str] | None, headers: dict[str, str], t
     except (UnicodeDecodeError, ValueError):
         raise UserError(f"The Hub's answer to {url.split('?')[0][:120]} is not valid JSON.",
                         "Check HF_ENDPOINT, or retry later.", kind="bad_server") from None
+
+
+def _same_origin(url: str, endpoint: str) -> bool:
+    a, b = urlsplit(url), urlsplit(endpoint)
+    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
+
+
+MAX_LISTED = 200_000  # items of one listing, all pages together
+
+
+def get_json_pages(ctx: Any, path: str, params: dict[str, str], max_pages: int = 1000) -> list[Any]:
+    """GET a Hub API list (``ctx``: a :class:`~desktop.hub.repo.HubContext`), following ``Link: <...>; rel="next"``
+    pages on the same scheme, host and port only, with the context's timeout.
+
+    huggingface_hub's own listing calls retry connection failures for about 23 s and take no timeout; the app
+    prefers a prompt sentence and a retry button.
+    """
+    from huggingface_hub.utils import build_hf_headers
+
+    headers = build_hf_headers(token=ctx.token, library_name="quantdesk")
+    url: str | None = f"{ctx.endpoint}{path}"
+    items: list[Any] = []
+    query: dict[str, str] | None = params
+    for _ in range(max_pages):
+        if url is None:
+            break
+        page, response = get_json(url, query, headers, ctx.timeout)
+        items.extend(page[: MAX_LISTED - len(items)] if isinstance(page, list) else [])
+        url = response.links.get("next", {}).get("url") if hasattr(response, "links") else None
+        query = None  # the next link carries the query
+        if len(items) >= MAX_LISTED:
+            break
+        if url is not None and not _same_origin(url, ctx.endpoint):
+            raise UserError("The Hub's answer sent QuantDesk to another server for the next page of the list, "
+                            "so QuantDesk stopped there.", "Check HF_ENDPOINT, or retry later.", kind="bad_server")
+    return items

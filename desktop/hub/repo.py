@@ -27,7 +27,7 @@ from desktop.hub import tokens
 from desktop.errors import UserError
 from desktop.memory import Fit, Machine, ModelShape, PlanOptions, fit
 from desktop.hub.errors import TOKEN_KINDS, hub_errors, translate
-from desktop.hub.http import count
+from desktop.hub.http import count, get_json_pages
 from desktop.gguf.remote import GgufModel
 from desktop.jobs import CancelledFn, ProgressFn, check_cancelled
 
@@ -380,40 +380,3 @@ def describe(report: RepoReport) -> str:
         n = len(report.gguf_models)
         return f"GGUF repository with {n} model{'s' if n != 1 else ''}"
     return f"not usable: {report.reason}"
-
-
-def _same_origin(url: str, endpoint: str) -> bool:
-    a, b = urlsplit(url), urlsplit(endpoint)
-    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
-
-
-MAX_LISTED = 200_000  # items of one listing, all pages together
-
-
-def get_json_pages(ctx: HubContext, path: str, params: dict[str, str], max_pages: int = 1000) -> list[Any]:
-    """GET a Hub API list, following ``Link: <...>; rel="next"`` pages, with the context's timeout.
-
-    huggingface_hub's own listing calls retry connection failures for about 23 s and take no timeout; the app
-    prefers a prompt sentence and a retry button.
-    """
-    from huggingface_hub.utils import build_hf_headers
-
-    from desktop.hub.http import get_json
-
-    headers = build_hf_headers(token=ctx.token, library_name="quantdesk")
-    url: str | None = f"{ctx.endpoint}{path}"
-    items: list[Any] = []
-    query: dict[str, str] | None = params
-    for _ in range(max_pages):
-        if url is None:
-            break
-        page, response = get_json(url, query, headers, ctx.timeout)
-        items.extend(page[: MAX_LISTED - len(items)] if isinstance(page, list) else [])
-        url = response.links.get("next", {}).get("url") if hasattr(response, "links") else None
-        query = None  # the next link carries the query
-        if len(items) >= MAX_LISTED:
-            break
-        if url is not None and not _same_origin(url, ctx.endpoint):
-            raise UserError("The Hub's answer sent QuantDesk to another server for the next page of the list, "
-                            "so QuantDesk stopped there.", "Check HF_ENDPOINT, or retry later.", kind="bad_server")
-    return items

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from desktop.hub.repo import get_json_pages, default_cache_dir, hub_context
+from desktop.hub.http import count, get_json_pages
+from desktop.hub.repo import default_cache_dir, hub_context
 from desktop.hub.errors import translate
-from desktop.hub.http import count
 
 __all__ = ["CachedRepo", "SearchHit", "SearchResult", "cached_repos", "search_models"]
 
