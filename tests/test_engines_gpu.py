@@ -47,7 +47,22 @@ def test_the_hardware_report_lists_the_device_of_the_selected_engine(vulkan_engi
     gpu = next(g for g in report.gpus if g.backend == "Vulkan")
     assert gpu.engine_uses is True and gpu.fix == ""
     assert gpu.software == ("llvmpipe" in gpu.name)
+    assert gpu.max_tensor_bytes == _vulkaninfo_storage_range(gpu.name)  # lavapipe: 128 MiB
     assert f"used by the {vulkan_engine.name} engine" in format_report(report)
+
+
+def _vulkaninfo_storage_range(name: str) -> int:
+    """maxStorageBufferRange of the device called ``name`` as Khronos' own vulkaninfo prints it."""
+    import re
+    import subprocess
+
+    text = subprocess.run(["vulkaninfo"], capture_output=True, text=True, timeout=120).stdout
+    for block in text.split("VkPhysicalDeviceProperties:")[1:]:
+        device = re.search(r"deviceName\s*=\s*(.+)", block)
+        limit = re.search(r"maxStorageBufferRange\s*=\s*(\d+)", block)
+        if device and limit and device.group(1).strip() == name:
+            return int(limit.group(1))
+    raise AssertionError(f"vulkaninfo does not list {name}")
 
 
 def _plan_for(model: Path, report: Any, n_ctx: int, layers: int) -> Any:

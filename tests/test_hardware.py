@@ -181,3 +181,21 @@ def test_pci_display_devices_are_found_in_sysfs(tmp_path) -> None:
     assert [(g.vendor, g.pci_id) for g in pci_gpus(tmp_path)] == [("Intel", "8086:73bf"), ("AMD", "1002:73bf")]
     assert fix_for("AMD", "cuda", {"cuda": True}).startswith("CUDA runs on NVIDIA GPUs only")
     assert "mesa-vulkan-drivers" in fix_for("AMD", "vulkan", {"vulkan": True})
+
+
+def test_vulkan_storage_buffer_limits_read_from_the_loader_match_vulkaninfo() -> None:
+    """The limit that decides whether a big weight can run on a Vulkan device, read through the loader with ctypes,
+    against Khronos' vulkaninfo (vulkan-tools; lavapipe here: 128 MiB)."""
+    import re
+
+    from desktop.hardware.vulkan import storage_buffer_limits
+
+    text = subprocess.run(["vulkaninfo"], capture_output=True, text=True, timeout=120).stdout
+    expected = {}
+    for block in text.split("VkPhysicalDeviceProperties:")[1:]:
+        name = re.search(r"deviceName\s*=\s*(.+)", block)
+        limit = re.search(r"maxStorageBufferRange\s*=\s*(\d+)", block)
+        if name and limit:
+            expected[name.group(1).strip()] = int(limit.group(1))
+    assert expected, "vulkaninfo listed no device"
+    assert storage_buffer_limits() == expected

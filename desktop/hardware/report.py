@@ -94,6 +94,8 @@ class GpuInfo:
     engine_uses: bool | None = None  # does the selected llama.cpp engine offload to it (None: not checked)
     fix: str = ""  # when it does not: the one action that makes it
     software: bool = False  # a Vulkan device that is really the CPU (lavapipe): for tests, slower than the CPU
+    max_tensor_bytes: int | None = None  # the largest weight the engine's backend can run an op on (Vulkan's
+    # storage buffer range: a larger tied output matrix stays on the host); None: unknown or unlimited
 
     @property
     def vram_used(self) -> int:
@@ -473,6 +475,13 @@ def collect_report(nvml: ModuleType | None = None, include_llama: bool = True) -
         gpus.append(apple_unified_gpu(memory, cpu.model))
     if include_llama:
         notes += assess_engine_use(gpus, llama)
+        if any(g.backend == "Vulkan" and g.engine_uses for g in gpus):
+            from desktop.hardware.vulkan import storage_buffer_limits
+
+            limits = storage_buffer_limits()
+            for gpu in gpus:
+                if gpu.backend == "Vulkan":
+                    gpu.max_tensor_bytes = next((v for k, v in limits.items() if same_gpu(k, gpu.name)), None)
     os_name = f"{platform.system()} {platform.release()}".strip()
     return HardwareReport(os=os_name, cpu=cpu, memory=memory, gpus=gpus, llama=llama, notes=notes)
 
