@@ -4,6 +4,7 @@ Find my quant within limits; the calibration text refused as the evaluation text
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,3 +204,127 @@ def test_cancel_stops_the_run_and_leaves_no_partial_file(qtbot: QtBot, jobs: Job
     assert page.status.text().startswith("Cancelled.")
     assert not any(p.name.endswith(PARTIAL_SUFFIX) for p in models_dir().iterdir())
     assert page.measure_button.isEnabled() and not page.cancel_button.isEnabled() and page.table.rowCount() == 0
+
+
+def test_the_base_follows_the_library_until_the_user_picks_one(qtbot: QtBot, jobs: JobManager, tmp_path: Path,
+                                                                text: Path) -> None:
+    """First launch lists a Q4_K_M only; the F16 made later becomes the base (it was listed as a quant of the
+    Q4_K_M); a base the user picked stays; two files that look alike get told apart; one file listed twice once."""
+    f16 = write_tiny_llama(tmp_path / "tiny-F16.gguf", n_layer=4)  # not in the library yet
+    [q4] = quantize_many(f16, ["Q4_K_M"], models_dir(), progress=lambda *a: None, cancelled=lambda: False)
+    page = open_page(qtbot, jobs, text)
+    set_library(qtbot, page)
+    assert page.selection.base().path == q4.path  # the only model
+    Library().add_file(f16)
+    set_library(qtbot, page)
+    assert page.selection.base().path == f16  # followed the library: the F16 is the base
+    assert page.selection.all_quants() == [q4.path]
+
+    other = tmp_path / "copy"
+    other.mkdir()
+    twin = other / q4.path.name
+    shutil.copyfile(q4.path, twin)
+    Library().add_file(twin)
+    (tmp_path / "link.gguf").symlink_to(f16)
+    Library().add_file(tmp_path / "link.gguf")
+    set_library(qtbot, page)
+    labels = [page.selection.base_combo.itemText(i) for i in range(page.selection.base_combo.count())]
+    assert len(labels) == 3 == len(set(labels)), labels  # the link is the F16 again: listed once
+    assert any(label.endswith("· in copy") for label in labels), labels
+
+    page.selection.base_combo.setCurrentIndex(page.selection.base_combo.findData(str(q4.path)))
+    page.selection.base_combo.activated.emit(page.selection.base_combo.currentIndex())  # what a user's pick emits
+    assert page.selection.base().path == q4.path
+    assert f16 not in page.selection.all_quants()  # an F16 is not a quant of a Q4_K_M
+    Library().add_file(write_tiny_llama(tmp_path / "tiny2-F16.gguf", n_layer=4))
+    set_library(qtbot, page)
+    assert page.selection.base().path == q4.path  # the user's pick stays when the library changes
+
+
+def test_speeds_are_medians_of_several_runs_flagged_when_unsteady_and_measured_again(
+        qtbot: QtBot, jobs: JobManager, base: Path, text: Path) -> None:
+    from desktop.eval import speed
+    from desktop.eval.measurements import MeasurementStore
+    from desktop.eval.recommend import Candidate, Limits, select
+    from desktop.ui.compare.chart import MB
+
+    page = open_page(qtbot, jobs, text)
+    set_library(qtbot, page)
+    small_run(page)
+    page.selection.make_boxes["Q8_0"].setChecked(True)
+    seen: list[tuple[float, float, str]] = []
+    with qtbot.waitSignal(page.sig_finished, timeout=RUN_TIMEOUT):
+        job = page.measure()
+        assert job is not None
+        job.sig_progress.connect(lambda d, t, m: seen.append((d, t, m)))
+    assert job.state is JobState.DONE, page.status.text()
+    # the speed phase says what it does, and the bar is not full while it runs
+    timing = [(d, t) for d, t, m in seen if "timing speed, run 3/5" in m]
+    assert timing and all(d < t for d, t in timing), seen[-5:]
+    for row in page.rows:
+        r = row.result
+        assert r is not None and len(r.gen_tps_runs) == len(r.prompt_tps_runs) == speed.SPEED_RUNS
+        assert r.gen_tps == speed.median(r.gen_tps_runs) and r.prompt_tps == speed.median(r.prompt_tps_runs)
+        assert f"of {speed.SPEED_RUNS} runs" in page.table.tooltip(row.quant_type, "Gen tok/s")
+        assert "±" in page.table.text(row.quant_type, "Gen tok/s")
+
+    # The chart is in the table's unit (decimal MB, desktop.jobs.format_bytes).
+    q8 = next(r for r in page.rows if r.quant_type == "Q8_0")
+    assert page.chart.plot.getAxis("bottom").labelText == "file size (MB)" and MB == 1000**2
+    assert ("Q8_0", q8.size_bytes / 1e6) in [(name, x) for name, x, _ in page.chart.points()]
+
+    # A disturbed run (another program was busy): stored as a measurement would store it, it is flagged on
+    # reopening, "find my quant" does not quote it as the model's speed, and the row can be timed again.
+    assert q8.result is not None
+    fast = q8.result.gen_tps_runs
+    disturbed = (fast[0], fast[1], fast[2] / 60, fast[3], fast[4])
+    MeasurementStore().save(dataclasses.replace(q8.result, gen_tps_runs=disturbed,
+                                                gen_tps=speed.median(disturbed)))
+    again = open_page(qtbot, jobs, text)
+    with qtbot.waitSignal(again.sig_results_shown, timeout=30_000):
+        again.set_models(Library().models())
+    assert "Q8_0" in again.table.unsteady_types()  # (on a busy machine the others may be flagged too: honestly)
+    assert again.table.text("Q8_0", "Gen tok/s").startswith("⚠")
+    assert "measure this row again" in again.table.tooltip("Q8_0", "Gen tok/s")
+    stored = next(r for r in again.rows if r.quant_type == "Q8_0")
+    assert stored.result is not None and stored.result.gen_tps_runs == disturbed
+    why = select([Candidate("Q8_0", stored.path, stored.size_bytes, stored.size_bytes, stored.result)], Limits()).why
+    assert "unsteady" in why and "measure again" in why
+
+    assert not again.respeed_button.isEnabled()  # nothing selected
+    row = next(i for i in range(again.table.rowCount()) if again.table.item(i, 0).text() == "Q8_0")
+    again.table.selectRow(row)
+    assert again.respeed_button.isEnabled()
+    with qtbot.waitSignal(again.sig_finished, timeout=RUN_TIMEOUT):
+        qtbot.mouseClick(again.respeed_button, Qt.MouseButton.LeftButton)
+    assert again.run_job is not None and again.run_job.state is JobState.DONE, again.status.text()
+    timed = next(r for r in again.rows if r.quant_type == "Q8_0").result
+    assert timed is not None and timed.gen_tps_runs != disturbed and len(timed.gen_tps_runs) == speed.SPEED_RUNS
+    assert timed.kld_mean == stored.result.kld_mean  # quality kept: only the speed was measured again
+    assert MeasurementStore().find(stored.path, text_sha256=timed.text_sha256, n_ctx=N_CTX,
+                                   base_path=base, min_chunks=CHUNKS) == timed
+
+
+def test_bits_per_weight_is_one_number_on_compare_and_quantize(qtbot: QtBot, jobs: JobManager) -> None:
+    """For the demo Q4_K_M file Compare said 7.55 bits/weight and Quantize 4.90 (the type's nominal figure on an 8B
+    model); both now show what the file comes to, Quantize as predicted for its source."""
+    from desktop.eval.compare import Row
+    from desktop.gguf.reader import read_gguf
+    from desktop.ui.compare.table import ResultsTable
+    from desktop.ui.quantize.page import QuantizePage
+    from engine_helpers import demo_model_path
+
+    demo = demo_model_path()
+    info = read_gguf(demo)
+    table = ResultsTable()
+    qtbot.addWidget(table)
+    table.set_rows([Row(str(demo), "Q4_K_M", demo.stat().st_size, info.parameter_count, False, None, None)], 512, None)
+    on_compare = float(table.text("Q4_K_M", "Bits/weight"))
+    assert 7.0 < on_compare < 8.0  # the 262k-token embedding weighs a lot in a 270M model
+
+    page = QuantizePage(jobs)
+    qtbot.addWidget(page)
+    with qtbot.waitSignal(page.sig_sizes_predicted, timeout=120_000):
+        page.select_source(demo)
+    on_quantize = float(page.types.item(page.types.row_of("Q4_K_M"), 2).text())
+    assert abs(on_quantize - on_compare) / on_compare < 0.02, (on_quantize, on_compare)

@@ -15,7 +15,7 @@ from desktop.fileio import PARTIAL_SUFFIX
 from desktop.jobs import format_bytes
 from desktop.library import Library
 from desktop.quant.types import IMATRIX_REASON, QUANT_TYPES
-from desktop.quant.sizing import predict_size, tensors_from_gguf
+from desktop.quant.sizing import bits_per_weight, predict_size, tensors_from_gguf
 from desktop.ui.quantize.page import QuantizePage
 from desktop.workers import JobManager, JobState
 from tests.quant_helpers import write_tiny_llama
@@ -68,7 +68,9 @@ def test_gguf_source_two_types_end_to_end(qtbot: QtBot, page: QuantizePage, tiny
     tensors = tensors_from_gguf(tiny)
     for name in ("Q8_0", "Q4_K_M", "Q2_K", "F16"):
         assert page.types.size_text(name) == format_bytes(predict_size(tensors, name))
-    assert page.types.item(page.types.row_of("Q4_K_M"), 2).text() == "4.90"  # bits per weight
+    n_params = sum(t.n_elements for t in tensors)  # bits per weight of the predicted file, as Compare shows it
+    assert page.types.item(page.types.row_of("Q4_K_M"), 2).text() == \
+        f"{bits_per_weight(predict_size(tensors, 'Q4_K_M'), n_params):.2f}"
     tick_only(page, "Q8_0", "Q4_K_M")
     assert page.types.checked_types() == ["Q8_0", "Q4_K_M"]
 

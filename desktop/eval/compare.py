@@ -6,6 +6,7 @@
 * :func:`load_job`: the stored measurements of a base and its quants (nothing is measured).
 * :func:`measure_job`: makes the missing quants, then measures the base and each quant through the store
   (:func:`desktop.eval.measurements.measure`, in a child process; a result already stored comes back as it is).
+* :func:`speed_job`: times one measured row again (speeds are the median of several runs; a disturbed one shows).
 * :func:`fits_text`: whether a row fits at a context on this machine (an estimate, :mod:`desktop.memory`).
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from desktop import memory
-from desktop.quant import types as quant_types
+from desktop.quant import sizing, types as quant_types
 from desktop.errors import UserError
 from desktop.eval.evaluate import EvalResult
 from desktop.jobs import CancelledFn, Progress, ProgressFn, check_cancelled, format_bytes
@@ -52,10 +53,35 @@ def precision(entry: ModelEntry) -> float:
 
 
 def family(entries: Sequence[ModelEntry], base: ModelEntry) -> list[ModelEntry]:
-    """The other entries with the base's architecture and parameter count, largest first."""
+    """The quants of ``base``: the other entries with its architecture and parameter count and no more bits per
+    weight than it has (an F16 is never listed as a quant of a Q4_K_M), largest first."""
     same = [e for e in entries if e.path != base.path and e.architecture == base.architecture
-            and e.parameters == base.parameters]
+            and e.parameters == base.parameters and precision(e) <= precision(base)]
     return sorted(same, key=lambda e: (-precision(e), -e.size_bytes, e.name))
+
+
+def distinct(entries: Sequence[ModelEntry]) -> list[ModelEntry]:
+    """The entries with one row per file: a file listed under two names (a link and its target) counts once."""
+    seen: set[Path] = set()
+    out = []
+    for e in entries:
+        try:
+            key = e.path.resolve()
+        except OSError:
+            key = e.path
+        if key not in seen:
+            seen.add(key)
+            out.append(e)
+    return out
+
+
+def entry_label(entry: ModelEntry, entries: Sequence[ModelEntry]) -> str:
+    """How a model is named in a list: its file name, type and size, and its folder when another entry has the
+    same file name (two Q4_K_M files of one model otherwise look the same)."""
+    label = f"{entry.path.name} · {entry.quant_type} · {format_bytes(entry.size_bytes)}"
+    if any(e.path != entry.path and e.path.name == entry.path.name for e in entries):
+        label += f" · in {entry.path.parent.name or entry.path.parent}"
+    return label
 
 
 def pick_base(entries: Sequence[ModelEntry]) -> ModelEntry | None:
@@ -102,7 +128,7 @@ class Row:
 
     @property
     def bits_per_weight(self) -> float | None:
-        return 8.0 * self.size_bytes / self.parameters if self.parameters else None
+        return sizing.bits_per_weight(self.size_bytes, self.parameters)
 
 
 @dataclass(frozen=True)
@@ -200,6 +226,22 @@ def measure_job(request: Request, parameters: int, *, progress: ProgressFn, canc
         step += 1
     progress(steps, steps, f"measured {len(models)} models")
     return rows
+
+
+def speed_job(row: Row, base: Path, parameters: int, *, progress: ProgressFn, cancelled: CancelledFn) -> Row:
+    """Time one measured row's speed again (its quality numbers are kept: they do not vary) and store it."""
+    from desktop.eval.measurements import measure_speed
+
+    if row.result is None:
+        raise UserError("This model has not been measured yet.", "Press Measure first.")
+    progress = one_line(progress)
+    label = "the base" if row.is_base else row.quant_type
+
+    def relay(done: float, total: float, message: str = "", /, **_fields: Any) -> None:
+        progress(done, total, f"measuring the speed of {label} again: {message}")
+
+    result = measure_speed(row.result, progress=relay, cancelled=cancelled)
+    return _row(Path(row.path), parameters, base, result)
 
 
 def _type_label(path: Path) -> str:

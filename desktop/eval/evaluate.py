@@ -124,6 +124,8 @@ class EvalResult:
     kld_p99: float | None = None
     kld_max: float | None = None
     top1_agreement: float | None = None
+    prompt_tps_runs: tuple[float, ...] = ()  # every timed run (desktop.eval.speed); prompt_tps is their median
+    gen_tps_runs: tuple[float, ...] = ()  # likewise for gen_tps; empty: a single run from an older version
 
     @property
     def ppl_increase_pct(self) -> float | None:
@@ -143,7 +145,11 @@ class EvalResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalResult:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        for runs in ("prompt_tps_runs", "gen_tps_runs"):  # JSON gives lists; equal results compare equal
+            if runs in values:
+                values[runs] = tuple(values[runs])
+        return cls(**values)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -393,13 +399,14 @@ def run_job(*, progress: ProgressFn, cancelled: CancelledFn, model_path: str, **
 
 
 def evaluate_in_child(model_path: Path | str, *, progress: ProgressFn, cancelled: CancelledFn,
-                      **kwargs: Any) -> EvalResult:
-    """Run :func:`evaluate` in a child process (a crash or cancel cannot take the caller down)."""
+                      target: str = "desktop.eval.evaluate:run_job", **kwargs: Any) -> Any:
+    """Run :func:`evaluate` in a child process (a crash or cancel cannot take the caller down); ``target``: another
+    measurement of a model with the same contract (:func:`desktop.eval.speed.run_job`)."""
     from desktop.process import run_in_child
 
     clean = {k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items()}
-    result: EvalResult = run_in_child(
-        "desktop.eval.evaluate:run_job",
+    result = run_in_child(
+        target,
         {"model_path": str(model_path), **clean},
         progress=progress,
         cancelled=cancelled,

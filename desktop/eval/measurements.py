@@ -8,6 +8,7 @@ Each call opens its own connection, so any thread or process may use a :class:`M
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
 from pathlib import Path
@@ -15,7 +16,9 @@ from typing import Any
 
 from desktop import paths
 from desktop.db import transaction
+from desktop.eval import speed
 from desktop.eval.evaluate import EvalResult
+from desktop.eval.speed import SPEED_RUNS
 from desktop.jobs import CancelledFn, ProgressFn
 
 SCHEMA = """
@@ -130,6 +133,17 @@ class MeasurementStore:
             return cur.rowcount
 
 
+QUALITY_SHARE = 0.75
+"""Of one model's measurement, the share of the progress bar the quality pass takes; the speed runs take the rest."""
+
+
+def _scaled(progress: ProgressFn, start: float, share: float) -> ProgressFn:
+    def relay(done: float, total: float, message: str = "", /, **_fields: Any) -> None:
+        progress(start + share * (done / total if total else 0.0), 1.0, message)
+
+    return relay
+
+
 def measure(
     model_path: Path | str,
     *,
@@ -137,21 +151,50 @@ def measure(
     cancelled: CancelledFn = lambda: False,
     force: bool = False,
     in_child: bool = True,
+    speed_runs: int = SPEED_RUNS,
     **kwargs: Any,
 ) -> EvalResult:
     """The stored result for this model, text, context and base if there is one (and the file is unchanged),
-    else a fresh measurement (in a child process unless ``in_child`` is False), stored before it is returned."""
+    else a fresh measurement (in child processes unless ``in_child`` is False), stored before it is returned.
+
+    Quality comes from :func:`desktop.eval.evaluate.evaluate`, speed from ``speed_runs`` timed runs
+    (:mod:`desktop.eval.speed`): ``prompt_tps``/``gen_tps`` are their medians. A stored result from a version
+    that timed speed once keeps its quality and gets its speed measured now."""
     from desktop.eval import evaluate as ev  # looked up at call time, so a test may swap the child runner
 
     store = MeasurementStore()
     text = ev.load_text(kwargs.get("text_path"))
+    found = None
     if not force:
         found = store.find(model_path, text_sha256=text.sha256, n_ctx=kwargs.get("n_ctx", 512),
                            base_path=kwargs.get("base_path"), min_chunks=kwargs.get("max_chunks", 0))
-        if found is not None:
+        if found is not None and found.gen_tps_runs:
             progress(1, 1, "already measured")
             return found
-    runner = ev.evaluate_in_child if in_child else ev.evaluate
-    result = runner(model_path, progress=progress, cancelled=cancelled, **kwargs)
-    store.save(result)
+    if found is None:
+        runner = ev.evaluate_in_child if in_child else ev.evaluate
+        found = runner(model_path, progress=_scaled(progress, 0.0, QUALITY_SHARE), cancelled=cancelled,
+                       gen_tokens=0, **kwargs)
+    result = measure_speed(found, progress=_scaled(progress, QUALITY_SHARE, 1 - QUALITY_SHARE),
+                           cancelled=cancelled, in_child=in_child, runs=speed_runs,
+                           threads=kwargs.get("threads", 0), n_gpu_layers=kwargs.get("n_gpu_layers", 0),
+                           text_path=kwargs.get("text_path"))
     return result
+
+
+def measure_speed(result: EvalResult, *, progress: ProgressFn = lambda done, total, message: None,
+                  cancelled: CancelledFn = lambda: False, in_child: bool = True, runs: int = SPEED_RUNS,
+                  **kwargs: Any) -> EvalResult:
+    """Time ``result``'s model again (``runs`` runs at its context) and store the result with the new speeds
+    (its quality numbers are kept: they do not change from run to run)."""
+    timer = speed.time_speeds_in_child if in_child else speed.time_speeds
+    timed = timer(result.model_path, progress=progress, cancelled=cancelled, n_ctx=result.n_ctx, runs=runs,
+                  **kwargs)
+    updated = dataclasses.replace(
+        result,
+        prompt_tps=speed.median(timed.prompt_tps), prompt_batch=timed.prompt_batch, prompt_tps_runs=timed.prompt_tps,
+        gen_tps=speed.median(timed.gen_tps), gen_tokens=timed.gen_tokens, gen_tps_runs=timed.gen_tps,
+        threads=timed.threads,
+    )
+    MeasurementStore().save(updated)
+    return updated

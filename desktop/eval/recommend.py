@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from desktop.errors import UserError
+from desktop.eval import speed
 from desktop.eval.evaluate import EvalResult
 from desktop.jobs import CancelledFn, Progress, ProgressFn, check_cancelled, format_bytes
 
@@ -88,6 +89,8 @@ def _summary(c: Candidate) -> str:
             text += f", PPL {r.ppl:.2f} ({r.ppl_increase_pct:+.1f}%)"
         if r.gen_tps:
             text += f", {r.gen_tps:.1f} tok/s generation"
+            if speed.unsteady(r.gen_tps_runs):  # a disturbed measurement is not quoted as the model's speed
+                text += f" (unsteady: runs {min(r.gen_tps_runs):.1f} to {max(r.gen_tps_runs):.1f}; measure again)"
     return text
 
 

@@ -22,6 +22,7 @@ from desktop.quant.types import GGML_TYPE_SIZES, by_name, ggml_type_by_name
 
 __all__ = [
     "ModelTensors",
+    "bits_per_weight",
     "TensorSpec",
     "predict_size",
     "predict_tensor_types",
@@ -80,6 +81,15 @@ class ModelTensors(list[TensorSpec]):
         self.hparams = dict(hparams or {})
         self.metadata_bytes = metadata_bytes
         self.kv_bytes = kv_bytes
+
+
+def bits_per_weight(size_bytes: int, parameters: int) -> float | None:
+    """What a model file comes to per parameter: size × 8 / parameters, header, embeddings and norms included.
+
+    The one bits-per-weight figure shown for a file, measured (Compare) or predicted (Quantize). A type's nominal
+    figure (:attr:`desktop.quant.types.QuantType.bpw`, on an 8B-shaped model) differs on small models, whose
+    embeddings weigh more: Gemma 3 270M at Q4_K_M comes to about 7.5, not 4.9."""
+    return 8.0 * size_bytes / parameters if parameters > 0 and size_bytes > 0 else None
 
 
 def tensor_nbytes(shape: Sequence[int], ggml_type: str) -> int:

@@ -16,7 +16,7 @@ POINT_COLOR = "#2563eb"
 BASE_COLOR = "#f59e0b"
 QUALITY = "quality"
 SPEED = "speed"
-MB = 1024**2
+MB = 1000**2  # decimal, as every size in the app (desktop.jobs.format_bytes): the table says MB too
 
 
 class CompareChart(QWidget):
@@ -30,7 +30,7 @@ class CompareChart(QWidget):
         self.plot.setMouseEnabled(False, False)
         self.plot.hideButtons()
         self.plot.showGrid(x=True, y=True, alpha=0.15)
-        self.plot.setLabel("bottom", "file size (MiB)")
+        self.plot.setLabel("bottom", "file size (MB)")
         self.plot.setMinimumHeight(160)
         self.scatter = pg.ScatterPlotItem(size=9, pen=pg.mkPen("w", width=1))
         self.plot.addItem(self.scatter)

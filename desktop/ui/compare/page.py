@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtWidgets import QSplitter, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QPushButton, QSplitter, QWidget
 
 from desktop import settings
 from desktop.errors import UserError
@@ -20,7 +20,7 @@ from desktop.eval.recommend import DEFAULT_TYPES, Recommendation
 from desktop.ui.compare.chart import CompareChart
 from desktop.ui.compare.find import FindPanel
 from desktop import memory
-from desktop.eval.compare import Request, Row, find_job, load_job, measure_job
+from desktop.eval.compare import Request, Row, find_job, load_job, measure_job, speed_job
 from desktop.ui.compare.select import SelectionPanel
 from desktop.ui.compare.table import ResultsTable
 from desktop.ui.page import Page
@@ -67,11 +67,19 @@ class ComparePage(Page):
         find_card.body.addWidget(self.find)
 
         self.table = ResultsTable()
+        self.table.itemSelectionChanged.connect(self._update_buttons)
         self.footnote = note_label()
         self.footnote.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.respeed_button = QPushButton("Measure speed again")
+        self.respeed_button.setToolTip("Time the selected row again (speeds vary with what else the machine is "
+                                       "doing; quality numbers do not)")
+        self.respeed_button.clicked.connect(self.remeasure_speed)
+        table_foot = QHBoxLayout()
+        table_foot.addWidget(self.footnote, 1)
+        table_foot.addWidget(self.respeed_button, 0, Qt.AlignmentFlag.AlignTop)
         table_card = Card("Results")
         table_card.body.addWidget(self.table, 1)
-        table_card.body.addWidget(self.footnote)
+        table_card.body.addLayout(table_foot)
         _stretch_body(table_card)
         self.chart = CompareChart()
         chart_card = Card("Size against quality")
@@ -191,6 +199,8 @@ class ComparePage(Page):
         self.set_can_start(ready)
         self.set_running(running)
         self.find.find_button.setEnabled(ready and not running)
+        selected = self.table.selected_row()
+        self.respeed_button.setEnabled(not running and selected is not None and selected.result is not None)
 
     def request(self) -> Request:
         """The run the widgets describe; UserError with the sentence to show when it cannot start."""
@@ -241,6 +251,25 @@ class ComparePage(Page):
         self.find.show_running(f"Looking for the quant that meets {limits.describe()}…")
         return self._start(job, "Finding your quant: making and measuring what it needs…")
 
+    @Slot()
+    def remeasure_speed(self) -> Job | None:
+        """Time the selected row again; the row's speed cells are replaced when it is done."""
+        row, base = self.table.selected_row(), self.selection.base()
+        if self._running() or row is None or row.result is None or base is None:
+            return None
+        job = Job(f"Measure the speed of {row.quant_type} again",
+                  functools.partial(speed_job, row, base.path, base.parameters))
+        job.sig_result.connect(self._on_respeed)
+        return self._start(job, f"Measuring the speed of {row.quant_type} again…")
+
+    @Slot(object)
+    def _on_respeed(self, updated: Row) -> None:
+        self._show_rows([updated if r.path == updated.path else r for r in self.rows])
+        r = updated.result
+        assert r is not None
+        self.status.setText(f"{updated.quant_type}: generation {r.gen_tps:.1f} tok/s, prompt {r.prompt_tps:.1f} tok/s "
+                            f"(medians of {len(r.gen_tps_runs)} runs).")
+
     def _start(self, job: Job, message: str) -> Job:
         job.sig_progress.connect(self._on_progress)
         job.sig_error.connect(self._on_error)
@@ -266,8 +295,13 @@ class ComparePage(Page):
     @Slot(object)
     def _on_measured(self, rows: list[Row]) -> None:
         self._show_rows(rows)
-        self.status.setText(f"Measured {len(rows)} models. Results are stored and come back when you pick "
-                            "this base again.")
+        unsteady = self.table.unsteady_types()
+        if unsteady:
+            self.status.setText(f"Measured {len(rows)} models. The speed runs of {', '.join(unsteady)} disagree "
+                                "by more than 10%: select the row and measure its speed again.")
+        else:
+            self.status.setText(f"Measured {len(rows)} models. Results are stored and come back when you pick "
+                                "this base again.")
 
     @Slot(object)
     def _on_recommended(self, outcome: tuple[Recommendation, list[Row]]) -> None:

@@ -23,10 +23,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.jobs import format_bytes
 from desktop.library import ModelEntry
 from desktop.eval.recommend import DEFAULT_TYPES
-from desktop.eval.compare import CALIBRATION_REFUSAL, family, is_calibration_text, pick_base
+from desktop.eval.compare import CALIBRATION_REFUSAL, distinct, entry_label, family, is_calibration_text, pick_base
 from desktop.ui.widgets import note_label
 
 BUNDLED_TEXT = "eval.txt (bundled)"
@@ -42,10 +41,12 @@ class SelectionPanel(QWidget):
         super().__init__(parent)
         self.entries: list[ModelEntry] = []
         self._text_path: Path | None = None
+        self.base_chosen_by_user = False  # else the base follows the library (pick_base) as models are added
 
         self.base_combo = QComboBox()
         self.base_combo.setToolTip("The F16/BF16 model the quants were made from; KLD and PPL change are against it")
         self.base_combo.currentIndexChanged.connect(self._on_base_index)
+        self.base_combo.activated.connect(self._on_base_chosen)
         self.quant_list = QListWidget()
         self.quant_list.setMinimumHeight(70)
         self.quant_list.setMaximumHeight(110)
@@ -109,16 +110,17 @@ class SelectionPanel(QWidget):
 
     # ---- library
     def set_models(self, entries: Sequence[ModelEntry]) -> None:
-        """The library changed; keep the chosen base when it is still there, else pick one."""
+        """The library changed; keep the base the user chose while it is still there, else pick the best one
+        again (the F16 made after the first launch becomes the base instead of the bundled Q4_K_M)."""
         current = self.base()
-        self.entries = list(entries)
+        self.entries = distinct(entries)
         self.base_combo.blockSignals(True)
         self.base_combo.clear()
         for e in self.entries:
-            self.base_combo.addItem(f"{e.name} · {e.quant_type} · {format_bytes(e.size_bytes)}", str(e.path))
+            self.base_combo.addItem(entry_label(e, self.entries), str(e.path))
             self.base_combo.setItemData(self.base_combo.count() - 1, str(e.path), Qt.ItemDataRole.ToolTipRole)
-        chosen = current if current is not None and any(e.path == current.path for e in self.entries) else \
-            pick_base(self.entries)
+        kept = current is not None and self.base_chosen_by_user and any(e.path == current.path for e in self.entries)
+        chosen = current if kept else pick_base(self.entries)
         if chosen is not None:
             self.base_combo.setCurrentIndex(self.base_combo.findData(str(chosen.path)))
         self.base_combo.blockSignals(False)
@@ -128,7 +130,12 @@ class SelectionPanel(QWidget):
             self._fill_quants(chosen, keep=True)
 
     def select_base(self, path: Path | str) -> None:
+        self.base_chosen_by_user = True
         self.base_combo.setCurrentIndex(self.base_combo.findData(str(Path(path))))
+
+    @Slot(int)
+    def _on_base_chosen(self, _index: int) -> None:
+        self.base_chosen_by_user = True
 
     def base(self) -> ModelEntry | None:
         path = self.base_combo.currentData()
@@ -146,7 +153,7 @@ class SelectionPanel(QWidget):
         self.quant_list.clear()
         members = family(self.entries, base) if base is not None else []
         for e in members:
-            item = QListWidgetItem(f"{e.quant_type}  ·  {format_bytes(e.size_bytes)}  ·  {e.path.name}")
+            item = QListWidgetItem(entry_label(e, self.entries))
             item.setData(Qt.ItemDataRole.UserRole, str(e.path))
             item.setToolTip(str(e.path))
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)

@@ -7,22 +7,38 @@ from collections.abc import Sequence
 from typing import Any
 
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem, QWidget
 
-from desktop.jobs import format_bytes
+from desktop.eval import speed
 from desktop.eval.compare import Row, fits_text, provenance
+from desktop.jobs import format_bytes
 
 COLUMNS = ["Type", "Size", "Bits/weight", "PPL", "PPL change", "KLD", "Top-1 agree", "Prompt tok/s", "Gen tok/s",
            "Fits (estimate)"]
 HEADERS = ["Type", "Size", "Bits/\nweight", "PPL", "PPL\nchange", "KLD", "Top-1\nagree", "Prompt\ntok/s", "Gen\ntok/s",
            "Fits\n(estimate)"]
 FITS = COLUMNS.index("Fits (estimate)")
+SPEED_COLUMNS = ("Prompt tok/s", "Gen tok/s")
+UNSTEADY_COLOR = "#b45309"
+UNSTEADY_MARK = "⚠"
 REFERENCE = "reference"
 """What the base's own PPL change, KLD and top-1 cells say: it is what the others are measured against."""
 
 
 def _num(value: float | None, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
+
+
+def _speed(value: float | None, runs: tuple[float, ...], what: str, where: str) -> tuple[str, float, str]:
+    """A speed cell: the median of the runs and their spread ("31.2 ±4%"), marked when they disagree."""
+    if value is None:
+        return "–", 0.0, where
+    spread = speed.spread(runs)
+    text = _rate(value) + (f" ±{spread / 2:.0%}" if spread is not None else " (1 run)")
+    if speed.unsteady(runs):
+        text = f"{UNSTEADY_MARK} {text}"
+    return text, value, f"{speed.describe(runs or (value,), what)} {where}"
 
 
 def _rate(value: float | None) -> str:
@@ -59,6 +75,11 @@ class ResultsTable(QTableWidget):
             "Mean KL divergence of the next-token distribution from the base's (lower is closer)")
         self.horizontalHeaderItem(COLUMNS.index("Top-1 agree")).setToolTip(
             "Share of tokens where the model's most likely next token is the base's")
+        for column in SPEED_COLUMNS:
+            self.horizontalHeaderItem(COLUMNS.index(column)).setToolTip(
+                f"{column}: the median of {speed.SPEED_RUNS} timed runs on this machine, ± half the spread between "
+                f"the fastest and the slowest; {UNSTEADY_MARK} when they differ by more than "
+                f"{speed.UNSTEADY_SPREAD:.0%} (select the row and measure its speed again)")
         self.rows: list[Row] = []
 
     def set_rows(self, rows: Sequence[Row], n_ctx: int, report: Any | None) -> None:
@@ -83,10 +104,10 @@ class ResultsTable(QTableWidget):
                 (_num(100 * r.top1_agreement if r and r.top1_agreement is not None else None, ".1f")
                  + ("%" if r and r.top1_agreement is not None else ""),
                  (r.top1_agreement or 0) if r else 0, where),
-                (_rate(r.prompt_tps if r else None), (r.prompt_tps or 0) if r else 0,
-                 f"batches of {r.prompt_batch} tokens; {where}" if r else where),
-                (_rate(r.gen_tps if r else None), (r.gen_tps or 0) if r else 0,
-                 f"{r.gen_tokens} single-token decodes; {where}" if r else where),
+                _speed(r.prompt_tps if r else None, r.prompt_tps_runs if r else (),
+                       f"Prompt, batches of {r.prompt_batch if r else 0} tokens", where),
+                _speed(r.gen_tps if r else None, r.gen_tps_runs if r else (),
+                       f"Generation, {r.gen_tokens if r else 0} single-token decodes", where),
             ]
             if row.is_base:  # against itself: the reference, not a number to compare
                 for column in ("PPL change", "KLD", "Top-1 agree"):
@@ -95,6 +116,8 @@ class ResultsTable(QTableWidget):
             for column, (text, _key, tip) in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setToolTip(tip)
+                if text.startswith(UNSTEADY_MARK):
+                    item.setForeground(QBrush(QColor(UNSTEADY_COLOR)))
                 if column:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.setItem(i, column, item)
@@ -109,6 +132,19 @@ class ResultsTable(QTableWidget):
             item = QTableWidgetItem(short)
             item.setToolTip(sentence)
             self.setItem(i, FITS, item)
+
+    def unsteady_types(self) -> list[str]:
+        """The types whose speed runs disagree by more than 10% (their cells are marked)."""
+        return [self.item(i, 0).text().split(" ")[0] for i in range(self.rowCount())
+                if any(self.item(i, COLUMNS.index(c)).text().startswith(UNSTEADY_MARK) for c in SPEED_COLUMNS)]
+
+    def selected_row(self) -> Row | None:
+        """The row the user selected (None when none is)."""
+        selected = self.selectionModel().selectedRows() if self.selectionModel() else []
+        if not selected:
+            return None
+        path = self.item(selected[0].row(), 0).toolTip()
+        return next((r for r in self.rows if r.path == path), None)
 
     def text(self, quant_type: str, column: str) -> str:
         """The cell text for a type's row (tests and the screenshot driver use it)."""

@@ -248,7 +248,7 @@ class QuantizePage(QWidget):
         if generation != self._generation:
             return
         self._sizes = sizes
-        self.types.set_sizes(sizes)
+        self.types.set_sizes(sizes, sum(t.n_elements for t in info.tensors))
         self.sig_sizes_predicted.emit()
 
     @Slot(object)

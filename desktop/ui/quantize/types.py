@@ -7,6 +7,7 @@ from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem, QWidget
 
 from desktop.jobs import format_bytes
+from desktop.quant.sizing import bits_per_weight
 from desktop.quant.types import IMATRIX_REASON, QUANT_TYPES, QuantType
 
 CHECK, NAME, BPW, SIZE, DESCRIPTION = range(5)
@@ -90,12 +91,20 @@ class TypeTable(QTableWidget):
         self.viewport().update()
         self.sig_selection_changed.emit()
 
-    def set_sizes(self, sizes: dict[str, int | str] | None) -> None:
-        """Predicted bytes per type (a sentence where none could be made); None clears them."""
+    def set_sizes(self, sizes: dict[str, int | str] | None, parameters: int = 0) -> None:
+        """Predicted bytes per type (a sentence where none could be made); None clears them. With the source's
+        ``parameters`` the Bits/weight column shows what each predicted file comes to (as Compare shows it for
+        the file once made) instead of the type's nominal figure."""
         self.blockSignals(True)
         for row, quant in enumerate(self.types):
             item = self.item(row, SIZE)
             value = None if sizes is None else sizes.get(quant.name)
+            bpw = bits_per_weight(value, parameters) if isinstance(value, int) else None
+            self.item(row, BPW).setText(f"{bpw if bpw is not None else quant.bpw:.2f}")
+            self.item(row, BPW).setToolTip(
+                f"This source at {quant.name}: predicted size × 8 / parameters (typical on an 8B model: "
+                f"{quant.bpw:.2f})" if bpw is not None else f"Typical on an 8B model; this source's comes with "
+                "its predicted size")
             if isinstance(value, int):
                 item.setText(format_bytes(value))
                 if self.is_enabled(quant.name):
