@@ -8,7 +8,7 @@ from pytestqt.qtbot import QtBot
 from desktop.jobs import format_bytes
 from desktop.process import live_children
 from desktop.ui.main_window import PAGES, MainWindow
-from desktop.workers import Job
+from desktop.workers import Job, JobState
 
 
 def _open(qtbot: QtBot) -> MainWindow:
@@ -112,9 +112,78 @@ def test_closing_the_window_stops_every_job_and_child(qtbot: QtBot, tmp_path) ->
         )
     )
     qtbot.waitUntil(started.exists, timeout=30_000)
-    window.close()
+    window.close()  # no work a user would lose: no question, but the job is stopped before the window goes
+    assert window.quit_box is None
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=30_000)
     assert job.wait(0)  # its worker thread has finished
     assert live_children() == []
+
+
+def test_quitting_during_a_measurement_asks_what_is_lost_then_stops_it(qtbot: QtBot) -> None:
+    from desktop.fileio import PARTIAL_SUFFIX
+    from desktop.library import Library
+    from desktop.settings import models_dir
+    from quant_helpers import write_tiny_llama
+
+    base = write_tiny_llama(models_dir() / "tiny-F16.gguf", n_layer=4)
+    Library().add_file(base)
+    window = _open(qtbot)
+    page = window.compare_page
+    qtbot.waitUntil(lambda: page.selection.base() is not None and page.selection.base().path == base, timeout=60_000)
+    page.selection.context.setValue(64)
+    page.selection.chunks.setValue(2)
+    for name in ("Q8_0", "Q4_K_M", "Q2_K"):
+        page.selection.make_boxes[name].setChecked(True)
+    job = page.measure()
+    assert job is not None
+    qtbot.waitUntil(lambda: job.total > 0, timeout=60_000)
+    window.close()  # asks first: the measurement would be lost
+    box = window.quit_box
+    assert window.isVisible() and box is not None and box.isVisible()
+    assert "1 job is still running" in box.text()
+    assert "• Compare quants of tiny-F16 (" in box.informativeText() and "% done)" in box.informativeText()
+    assert "partial file removed" in box.informativeText()
+    next(b for b in box.buttons() if b.text() == "Keep working").click()
+    assert window.isVisible() and job.is_active()  # nothing was stopped
+    window.close()
+    window.quit_stop_button.click()
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=60_000)
+    assert job.state is JobState.CANCELLED and job.wait(0)  # stopped before the window went
+    assert live_children() == []
+    assert not any(p.name.endswith(PARTIAL_SUFFIX) for p in models_dir().iterdir())
+
+
+def test_quitting_waits_for_a_job_slow_to_stop_without_blocking_or_a_late_signal(
+        qtbot: QtBot, capfd) -> None:  # type: ignore[no-untyped-def]
+    """A job step that does not look at cancel for 6 s (a native call): the window used to close after a 5 s wait,
+    and the worker, still running, printed 'RuntimeError: Signal source has been deleted' when it reported."""
+    import threading
+
+    window = _open(qtbot)
+    release = threading.Event()
+
+    def slow_step(progress, cancelled):  # type: ignore[no-untyped-def]
+        progress(1, 4, "making Q4_K_M")
+        release.wait(6)  # ignores cancel, like one long native call
+        progress(2, 4, "making Q8_0")
+
+    job = window.jobs.start(Job("Quantize to Q4_K_M, Q8_0", slow_step))
+    window.quantize_page.run_job = job  # what the Quantize page does with the job it starts
+    qtbot.waitUntil(lambda: job.total > 0, timeout=10_000)
+    window.close()
+    assert "• Quantize to Q4_K_M, Q8_0 (25% done)" in window.quit_box.informativeText()  # type: ignore[union-attr]
+    window.quit_stop_button.click()
+    assert window.isVisible() and "stopping" in window.windowTitle()  # the GUI thread did not block
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=20_000)
+    assert not job.is_active() and job.wait(0)  # the window went only once the job had stopped
+    assert "Signal source has been deleted" not in capfd.readouterr().err
+
+
+def test_closing_without_running_jobs_does_not_ask(qtbot: QtBot) -> None:
+    window = _open(qtbot)  # reading the hardware and unpacking the demo models lose nothing: no question
+    window.close()
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=30_000)
+    assert window.quit_box is None
 
 
 def test_theme_follows_the_system_colour_scheme(qtbot: QtBot) -> None:

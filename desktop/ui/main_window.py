@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QByteArray, QSettings, QSize, Slot
+from PySide6.QtCore import QByteArray, QSettings, QSize, QTimer, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence
-from PySide6.QtWidgets import QHBoxLayout, QListWidget, QListWidgetItem, QMainWindow, QStackedWidget, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMessageBox,
+    QPushButton,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
-from desktop import APP_NAME, paths, resources
+from desktop import APP_NAME, paths, process, resources
 from desktop.demo_model import first_launch_job
 from desktop.jobs import JobError
 from desktop.ui.chat.page import ChatPage
@@ -19,6 +29,21 @@ from desktop.workers import Job, JobManager
 from desktop.workers.monitor import UsageMonitor
 
 PAGES = ["Hardware", "Models", "Quantize", "Compare", "Chat"]
+KILL_AFTER_MS = 8000
+"""How long cancelled jobs get to stop on their own at quit before their child processes are killed."""
+GIVE_UP_AFTER_MS = 15000
+"""After this the window closes even if a worker thread has not returned (it then reports to nothing)."""
+LOST_SENTENCE = ("What they have finished is kept: quants already made, models already measured, files already "
+                 "downloaded. The step in progress is lost, and its partial file removed.")
+
+
+def describe_running(jobs: list[Job]) -> str:
+    """One line per running job with how far it got, for the quit question."""
+    lines = []
+    for job in jobs:
+        done = f" ({100 * job.done / job.total:.0f}% done)" if job.total > 0 else ""
+        lines.append(f"• {job.title}{done}")
+    return "\n".join(lines)
 
 
 def window_settings() -> QSettings:
@@ -32,6 +57,14 @@ class MainWindow(QMainWindow):
         self.setWindowIcon(QIcon(str(resources.path("icons/app.svg"))))
         self.jobs = jobs or JobManager(self)
         self.monitor = UsageMonitor(self)
+        self.quit_box: QMessageBox | None = None
+        self._quit_confirmed = False
+        self._shut_down = False
+        self._kill_timer = QTimer(self, singleShot=True, interval=KILL_AFTER_MS)
+        self._kill_timer.timeout.connect(lambda: process.terminate_all(grace_s=0.5))
+        self._give_up_timer = QTimer(self, singleShot=True, interval=GIVE_UP_AFTER_MS)
+        self._give_up_timer.timeout.connect(self._close_now)
+        self._closing_now = False
 
         self.sidebar = QListWidget()
         self.sidebar.setObjectName("sidebar")
@@ -132,9 +165,66 @@ class MainWindow(QMainWindow):
         settings.setValue("page", self.current_page_name())
         settings.sync()
 
+    # ---- quitting: ask while work would be lost, then stop every job before the window goes
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
-        self.save_state()
-        self.monitor.stop()
-        self.chat_page.shutdown()  # the engine process, and conversation writes still queued
-        self.jobs.stop_all(timeout_s=5.0)
+        running = self.work_in_progress()
+        if running and not self._quit_confirmed and not self._closing_now:
+            event.ignore()
+            self._ask_to_quit(running)
+            return
+        if not self._shut_down:
+            self._shut_down = True
+            self.save_state()
+            self.monitor.stop()
+            self.chat_page.shutdown()  # the engine process, and conversation writes still queued
+            for job in self.jobs.active_jobs():
+                job.cancel()
+                job.sig_finished.connect(self._close_when_stopped)
+        if self.jobs.active_jobs() and not self._closing_now:
+            # the GUI thread does not block: the window closes when the last job reports it has stopped
+            event.ignore()
+            self.setWindowTitle(f"{APP_NAME}: stopping {len(self.jobs.active_jobs())} jobs…")
+            if not self._kill_timer.isActive() and not self._give_up_timer.isActive():
+                self._kill_timer.start()
+                self._give_up_timer.start()
+            return
+        self._kill_timer.stop()
+        self._give_up_timer.stop()
+        self.jobs.stop_all(timeout_s=1.0)  # every worker has returned: this only collects them
         event.accept()
+
+    def work_in_progress(self) -> list[Job]:
+        """The running jobs whose work a quit would lose: a quantization, a measurement, a download. (Reading the
+        hardware or the library loses nothing; the demo models resume unpacking at the next start.)"""
+        jobs = [self.quantize_page.run_job, self.compare_page.run_job, self.models_page.hub_panel.download_job]
+        return [j for j in jobs if j is not None and j.is_active()]
+
+    def _ask_to_quit(self, running: list[Job]) -> None:
+        if self.quit_box is not None and self.quit_box.isVisible():
+            return
+        box = QMessageBox(QMessageBox.Icon.Warning, "Quit QuantDesk?",
+                          f"{len(running)} job{'s are' if len(running) != 1 else ' is'} still running. Quitting "
+                          f"stops {'them' if len(running) != 1 else 'it'}:", parent=self)
+        box.setInformativeText(f"{describe_running(running)}\n\n{LOST_SENTENCE}")
+        self.quit_stop_button: QPushButton = box.addButton("Stop and quit", QMessageBox.ButtonRole.DestructiveRole)
+        keep = box.addButton("Keep working", QMessageBox.ButtonRole.RejectRole)
+        box.setDefaultButton(keep)
+        box.setEscapeButton(keep)
+        box.finished.connect(lambda _result: self._on_quit_answer(box.clickedButton() is self.quit_stop_button))
+        self.quit_box = box
+        box.open()  # window-modal, and the GUI thread goes on (jobs keep reporting while the user reads)
+
+    def _on_quit_answer(self, stop: bool) -> None:
+        if stop:
+            self._quit_confirmed = True
+            self.close()
+
+    @Slot()
+    def _close_when_stopped(self) -> None:
+        if not self.jobs.active_jobs():
+            self.close()
+
+    @Slot()
+    def _close_now(self) -> None:
+        self._closing_now = True
+        self.close()

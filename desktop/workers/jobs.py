@@ -130,19 +130,27 @@ class Job(QObject):
                 raise Cancelled()
             result = self._fn(progress=self._report_progress, cancelled=self._cancel.is_set)
         except Cancelled:
-            self._relay.done.emit("cancelled", None)
+            self._send(self._relay.done, "cancelled", None)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a value
             error = error_from_exception(exc)
             if error.kind == "internal":
                 log.error("job %r failed:\n%s", self.title, error.detail)
-            self._relay.done.emit("error", error)
+            self._send(self._relay.done, "error", error)
         else:
             if self._cancel.is_set():  # it saw the cancel and stopped early: its result is not the whole work
-                self._relay.done.emit("cancelled", None)
+                self._send(self._relay.done, "cancelled", None)
             else:  # it had finished; a cancel landing from now on comes too late to stop anything
-                self._relay.done.emit("result", result)
+                self._send(self._relay.done, "result", result)
         finally:
             self._finished.set()
+
+    def _send(self, signal: Any, *args: object) -> None:
+        """Emit from the worker thread. A job that outlived its window (it ignored cancel past the quit deadline)
+        finds its relay deleted: there is nobody left to tell, which is not an error."""
+        try:
+            signal.emit(*args)
+        except RuntimeError:
+            log.info("job %r reported after its window was gone", self.title)
 
     def _report_progress(self, done: float, total: float, note: str = "", /, **fields: object) -> None:
         report = Progress.of(done, total, note, **fields)
@@ -151,7 +159,7 @@ class Job(QObject):
         if key == self._last_key:
             return
         self._last_key = key
-        self._relay.progress.emit(report)
+        self._send(self._relay.progress, report)
 
     # ---- slots, in the GUI thread
     @Slot(object)
