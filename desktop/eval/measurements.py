@@ -155,7 +155,7 @@ def measure(
     **kwargs: Any,
 ) -> EvalResult:
     """The stored result for this model, text, context and base if there is one (and the file is unchanged),
-    else a fresh measurement (in child processes unless ``in_child`` is False), stored before it is returned.
+    else a fresh measurement (in one child process unless ``in_child`` is False), stored before it is returned.
 
     Quality comes from :func:`desktop.eval.evaluate.evaluate`, speed from ``speed_runs`` timed runs
     (:mod:`desktop.eval.speed`): ``prompt_tps``/``gen_tps`` are their medians. A stored result from a version
@@ -171,15 +171,41 @@ def measure(
         if found is not None and found.gen_tps_runs:
             progress(1, 1, "already measured")
             return found
-    if found is None:
-        runner = ev.evaluate_in_child if in_child else ev.evaluate
-        found = runner(model_path, progress=_scaled(progress, 0.0, QUALITY_SHARE), cancelled=cancelled,
-                       gen_tokens=0, **kwargs)
-    result = measure_speed(found, progress=_scaled(progress, QUALITY_SHARE, 1 - QUALITY_SHARE),
-                           cancelled=cancelled, in_child=in_child, runs=speed_runs,
-                           threads=kwargs.get("threads", 0), n_gpu_layers=kwargs.get("n_gpu_layers", 0),
-                           text_path=kwargs.get("text_path"))
+    job = {"quality": found, "speed_runs": speed_runs, **kwargs}
+    if in_child:
+        result: EvalResult = ev.evaluate_in_child(model_path, target="desktop.eval.measurements:run_job",
+                                                  progress=progress, cancelled=cancelled, **job)
+    else:
+        result = run_job(progress=progress, cancelled=cancelled, model_path=str(model_path), **job)
+    store.save(result)
     return result
+
+
+def run_job(*, progress: ProgressFn, cancelled: CancelledFn, model_path: str, quality: EvalResult | None,
+            speed_runs: int, **kwargs: Any) -> EvalResult:
+    """One model's measurement in one process (the child's entry): the quality pass unless ``quality`` is given,
+    then the timed speed runs. Progress runs 0..1 over both."""
+    from desktop.eval import evaluate as ev
+
+    start = 0.0
+    if quality is None:
+        quality = ev.evaluate(model_path, progress=_scaled(progress, 0.0, QUALITY_SHARE), cancelled=cancelled,
+                              gen_tokens=0, **kwargs)
+        start = QUALITY_SHARE
+    timed = speed.time_speeds(model_path, progress=_scaled(progress, start, 1 - start), cancelled=cancelled,
+                              n_ctx=quality.n_ctx, runs=speed_runs, text_path=kwargs.get("text_path"),
+                              threads=kwargs.get("threads", 0), n_gpu_layers=kwargs.get("n_gpu_layers", 0))
+    return with_speeds(quality, timed)
+
+
+def with_speeds(result: EvalResult, timed: speed.SpeedRuns) -> EvalResult:
+    """``result`` with its speeds replaced by the medians of ``timed`` (and the runs kept)."""
+    return dataclasses.replace(
+        result,
+        prompt_tps=speed.median(timed.prompt_tps), prompt_batch=timed.prompt_batch, prompt_tps_runs=timed.prompt_tps,
+        gen_tps=speed.median(timed.gen_tps), gen_tokens=timed.gen_tokens, gen_tps_runs=timed.gen_tps,
+        threads=timed.threads,
+    )
 
 
 def measure_speed(result: EvalResult, *, progress: ProgressFn = lambda done, total, message: None,
@@ -190,11 +216,6 @@ def measure_speed(result: EvalResult, *, progress: ProgressFn = lambda done, tot
     timer = speed.time_speeds_in_child if in_child else speed.time_speeds
     timed = timer(result.model_path, progress=progress, cancelled=cancelled, n_ctx=result.n_ctx, runs=runs,
                   **kwargs)
-    updated = dataclasses.replace(
-        result,
-        prompt_tps=speed.median(timed.prompt_tps), prompt_batch=timed.prompt_batch, prompt_tps_runs=timed.prompt_tps,
-        gen_tps=speed.median(timed.gen_tps), gen_tokens=timed.gen_tokens, gen_tps_runs=timed.gen_tps,
-        threads=timed.threads,
-    )
+    updated = with_speeds(result, timed)
     MeasurementStore().save(updated)
     return updated

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from PySide6.QtCore import QByteArray, QSettings, QSize, QTimer, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence
 from PySide6.QtWidgets import (
@@ -29,6 +31,8 @@ from desktop.workers import Job, JobManager
 from desktop.workers.monitor import UsageMonitor
 
 PAGES = ["Hardware", "Models", "Quantize", "Compare", "Chat"]
+QUICK_STOP_S = 1.5
+"""At quit, how long the window waits for cancelled jobs before it stops blocking and waits for them as events."""
 KILL_AFTER_MS = 8000
 """How long cancelled jobs get to stop on their own at quit before their child processes are killed."""
 GIVE_UP_AFTER_MS = 15000
@@ -180,10 +184,14 @@ class MainWindow(QMainWindow):
             for job in self.jobs.active_jobs():
                 job.cancel()
                 job.sig_finished.connect(self._close_when_stopped)
-        if self.jobs.active_jobs() and not self._closing_now:
-            # the GUI thread does not block: the window closes when the last job reports it has stopped
+            deadline = time.monotonic() + QUICK_STOP_S  # most jobs stop within moments of a cancel
+            for job in self.jobs.active_jobs():
+                job.wait(max(0.0, deadline - time.monotonic()))
+        stuck = self._still_working()
+        if stuck and not self._closing_now:
+            # a job slow to stop: the GUI thread does not block; the window closes when it reports it stopped
             event.ignore()
-            self.setWindowTitle(f"{APP_NAME}: stopping {len(self.jobs.active_jobs())} jobs…")
+            self.setWindowTitle(f"{APP_NAME}: stopping {len(stuck)} job{'s' if len(stuck) != 1 else ''}…")
             if not self._kill_timer.isActive() and not self._give_up_timer.isActive():
                 self._kill_timer.start()
                 self._give_up_timer.start()
@@ -219,9 +227,13 @@ class MainWindow(QMainWindow):
             self._quit_confirmed = True
             self.close()
 
+    def _still_working(self) -> list[Job]:
+        """Active jobs whose worker thread has not returned yet."""
+        return [j for j in self.jobs.active_jobs() if not j.wait(0)]
+
     @Slot()
     def _close_when_stopped(self) -> None:
-        if not self.jobs.active_jobs():
+        if self._shut_down and not self._still_working():
             self.close()
 
     @Slot()
