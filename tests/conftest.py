@@ -44,21 +44,10 @@ os.environ.setdefault("GGML_VK_VISIBLE_DEVICES", "0")
 
 @pytest.fixture(scope="session")
 def bundled_chat_model() -> Path:
-    """The bundled instruct model (SmolLM2 135M, the smoke test's model), assembled once per machine into the shared
-    folder the demo model uses (tests/engine_helpers.py), never into the real user's data folder."""
-    from engine_helpers import SHARED_HOME
+    """The bundled instruct model (SmolLM2 135M, the smoke test's model), unpacked once into the shared test folder."""
+    from serve_helpers import instruct_model_path
 
-    previous = os.environ.get("QUANTDESK_HOME")
-    os.environ["QUANTDESK_HOME"] = str(SHARED_HOME)
-    try:
-        from desktop.chat_model import ensure_chat_model
-
-        return Path(ensure_chat_model())
-    finally:
-        if previous is None:
-            os.environ.pop("QUANTDESK_HOME", None)
-        else:
-            os.environ["QUANTDESK_HOME"] = previous
+    return instruct_model_path()
 
 
 @pytest.fixture(scope="session")
