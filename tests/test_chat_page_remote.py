@@ -71,6 +71,16 @@ def test_a_reply_streams_from_a_server_and_stop_works(qtbot: QtBot, page: ChatPa
             roles = [m.role for m in store.messages(page.conversation.id)]  # type: ignore[arg-type]
         assert roles == ["user", "assistant", "user", "assistant"]
 
+        model, conversation_id = page.remote_bar.model_name(), page.conversation.id
+        page.new_conversation()
+        page.model_combo.setCurrentIndex(0)  # a local model again, and the server's address forgotten
+        page.remote_bar.url.clear()
+        page.conversations.sig_open.emit(conversation_id)  # reopened: the same server and model again
+        qtbot.waitUntil(lambda: len(page.transcript.bubbles) == 4 and page.remote_bar.model_name() == model,
+                        timeout=30_000)
+        assert page.is_remote() and page.remote_bar.url.text() == server.url
+        assert page.load_options().path == model  # type: ignore[union-attr]
+
 
 def test_a_server_that_is_not_there_is_one_sentence(qtbot: QtBot, page: ChatPage) -> None:
     _pick_server(qtbot, page, f"http://127.0.0.1:{free_port()}")

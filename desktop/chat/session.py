@@ -106,6 +106,21 @@ class Failure:
     retry_pending: bool  # after a crash: the reply is asked again once the engine is back
 
 
+SERVER_PREFIX = "server:"  # a conversation with a model on an OpenAI-compatible server: "server:<url>#<model>"
+
+
+def server_model_path(url: str, model: str) -> str:
+    return f"{SERVER_PREFIX}{url}#{model}"
+
+
+def parse_server_model_path(model_path: str) -> tuple[str, str] | None:
+    """(url, model) of a conversation held with a server's model, or None for a local file."""
+    if not model_path.startswith(SERVER_PREFIX):
+        return None
+    url, _, model = model_path[len(SERVER_PREFIX) :].rpartition("#")
+    return (url, model) if url else None
+
+
 def title_for(text: str) -> str:
     return " ".join(text.split())[:TITLE_CHARS]
 

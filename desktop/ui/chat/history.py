@@ -12,7 +12,7 @@ from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from desktop.chat.conversations import Conversation, ConversationStore, Message
 from desktop.chat.engine import ReplyMetrics
-from desktop.chat.session import ConversationSettings, metrics_line
+from desktop.chat.session import ConversationSettings, metrics_line, parse_server_model_path
 from desktop.naming import safe_name
 from desktop.ui.chat.conversations import ConversationList
 from desktop.ui.chat.offload import MODEL_TEMPLATE
@@ -92,6 +92,10 @@ class HistoryMixin:
     def restore_settings(self, saved: ConversationSettings) -> None:
         """What the conversation was last sent with: its model (when still in the library), context, template,
         sampling. The next message reloads the model if these differ from the loaded one."""
+        server = parse_server_model_path(saved.model_path)
+        if server is not None:  # held with a server's model: that server again, connected, that model chosen
+            self.model_combo.setCurrentIndex(self.model_combo.count() - 1)
+            self.remote_bar.choose(*server)
         index = next((i for i, e in enumerate(self.entries) if str(e.path) == saved.model_path), -1)
         if saved.model_path and index >= 0 and index != self.model_combo.currentIndex():
             self.model_combo.setCurrentIndex(index)

@@ -21,7 +21,15 @@ from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QSplitter, QTabWidget, QVBoxLayout, QWidget
 
-from desktop.chat.session import ActiveReply, ChatSession, ConversationSettings, Turn, live_rate, metrics_line
+from desktop.chat.session import (
+    ActiveReply,
+    ChatSession,
+    ConversationSettings,
+    Turn,
+    live_rate,
+    metrics_line,
+    server_model_path,
+)
 from desktop.chat.engine import LoadOptions, ReplyMetrics
 from desktop.chat_model import system_prompt_for
 from desktop.jobs import JobError
@@ -190,7 +198,8 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
     def conversation_settings(self) -> ConversationSettings:
         entry = self.current_entry()
         return ConversationSettings(
-            model_path=str(entry.path) if entry else "",
+            model_path=(server_model_path(self.remote_bar.connected_url, self.remote_bar.model_name())
+                        if self.is_remote() else str(entry.path) if entry else ""),
             sampling=self.settings.sampling().as_dict(),
             n_ctx=self.offload.context.value(),
             template=self.offload.template_choice(),

@@ -32,6 +32,7 @@ class RemoteBar(QWidget):
         super().__init__(parent)
         self._jobs = jobs
         self.connected_url = ""
+        self._wanted = ""
         self.url = QLineEdit()
         self.url.setPlaceholderText("http://127.0.0.1:8080")
         self.url.setToolTip("The server's address (llama-server, vLLM, Ollama, LM Studio, quantdesk serve …)")
@@ -61,6 +62,15 @@ class RemoteBar(QWidget):
         grid.setColumnStretch(1, 2)
         grid.setColumnStretch(2, 1)
 
+    def choose(self, url: str, model: str) -> None:
+        """A reopened conversation's server and model: connect again unless connected already."""
+        self._wanted = model
+        self.url.setText(url)
+        if url == self.connected_url and self.models.findText(model) >= 0:
+            self.models.setCurrentText(model)
+            return
+        self.connect_server()
+
     def model_name(self) -> str:
         return self.models.currentText() if self.connected_url else ""
 
@@ -85,8 +95,11 @@ class RemoteBar(QWidget):
         previous = self.models.currentText()
         self.models.clear()
         self.models.addItems(names)
-        if previous in names:
-            self.models.setCurrentText(previous)
+        for wanted in (self._wanted, previous):
+            if wanted in names:
+                self.models.setCurrentText(wanted)
+                break
+        self._wanted = ""
         self.connected_url = url
         self.note.setText(f"{url} offers {len(names)} model{'s' if len(names) != 1 else ''}." if names else
                           f"{url} answered but lists no model.")
