@@ -53,12 +53,16 @@ def bundled_chat_model() -> Path:
 @pytest.fixture(scope="session")
 def vulkan_engine_session(tmp_path_factory: pytest.TempPathFactory, bundled_chat_model: Path) -> Path:
     """The Vulkan engine made by the app's own builder (README's test command builds it into the shared cache first,
-    so this only installs it; without a cached build this builds it, which takes many minutes), installed into a
-    session data folder and smoke-tested once on this machine's Vulkan device (lavapipe in CI)."""
-    from desktop.llama.build import build_engine
-    from desktop.llama.engines import load_engine
+    so this only installs it), installed into a session data folder and smoke-tested once on this machine's Vulkan
+    device (lavapipe in CI). Without a cached build the GPU tests fail with the command that makes one: building
+    here would take longer than a test may (about 20 minutes on 2 cores)."""
+    from desktop.llama.build import build_engine, cached_build, make_plan
+    from desktop.llama.engines import cache_root, load_engine
     from desktop.llama.smoke import run_smoke_test
 
+    if cached_build(make_plan("vulkan")) is None:
+        pytest.fail(f"No Vulkan engine in the shared build cache ({cache_root()}). Build it once with: "
+                    "python3 -m desktop engine build vulkan --no-test  (README's test command does), then rerun.")
     data = tmp_path_factory.mktemp("engines-data")
     result = build_engine("vulkan", lambda done, total, message: None, lambda: False, data_dir=data)
     engine = load_engine(Path(result["path"]))
