@@ -130,12 +130,9 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
         self.tabs.addTab(scrolled(self.settings), "Prompt")
         self.tabs.setTabToolTip(1, "The system prompt and the sampling settings")
         self.serve = ServePanel(self._jobs)
-        self.serve.sig_request_started.connect(self._on_api_started)
-        self.serve.sig_tokens.connect(self._on_api_tokens)
-        self.serve.sig_request_done.connect(self._on_api_done)
+        self.serve.follow_on_graph(self.graph, lambda: self.reply is not None)
         self.tabs.addTab(scrolled(self.serve), "Serve")
         self.tabs.setTabToolTip(2, "Serve the loaded model as an OpenAI-compatible API")
-        self._api_request = ""
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.conversations)
@@ -223,7 +220,7 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
         bubble = self.transcript.add("assistant")
         bubble.set_footer("Reading the prompt…")
         started = time.perf_counter()
-        self._api_request = ""  # the graph follows the window's reply now
+        self.serve.graph_request = ""  # the graph follows the window's reply now
         request_id = self.worker.chat(self.engine_messages(), self.settings.sampling(), on_overflow=self.session.overflow)
         self.session.begin_reply(request_id, bubble, started)
         self.graph.begin_reply(started)
@@ -275,26 +272,6 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
             self.graph.end_reply(metrics)
             self.sig_reply_finished.emit(text, metrics)
         self._update_controls()
-
-    # ---- API requests (the Serve tab) on the same live graph
-    @Slot(str, float)
-    def _on_api_started(self, request_id: str, started: float) -> None:
-        if self.reply is None:
-            self._api_request = request_id
-            self.graph.begin_reply(started)
-
-    @Slot(str, object)
-    def _on_api_tokens(self, request_id: str, stamps: list) -> None:  # type: ignore[type-arg]
-        if request_id == self._api_request:
-            self.graph.add_tokens(stamps)
-
-    @Slot(str, object)
-    def _on_api_done(self, request_id: str, metrics: ReplyMetrics | None) -> None:
-        if request_id == self._api_request:
-            self._api_request = ""
-            self.graph.end_reply(metrics)
-        elif metrics is not None:  # answered while the window's reply had the curve: its bar still counts
-            self.graph.add_history(metrics)
 
     @Slot()
     def stop(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
@@ -33,6 +34,7 @@ from desktop.chat import api_keys
 from desktop.chat.engine import ReplyMetrics
 from desktop.chat.server import DEFAULT_HOST, DEFAULT_PORT, ChatServer, ServeEvent, log_line
 from desktop.jobs import JobError
+from desktop.ui.chat.graph import SpeedGraph
 from desktop.workers import Job, JobManager
 
 FLUSH_MS = 100
@@ -127,9 +129,37 @@ class ServePanel(QWidget):
     def set_model(self, turns: Any, model_name: str) -> None:
         """The model the page has loaded (``turns`` None: none, or a remote one, which is not served again)."""
         self._turns, self._model_name = turns, model_name
+        if self.server is not None and turns is not None:  # another model loaded while serving: it is served now
+            self.server.model_name = model_name
+            self.note.setText(f"Serving {model_name} at {self.server.url}/v1 (OpenAI-compatible).")
         self.switch.setEnabled(turns is not None or self.server is not None)
         if turns is None and self.server is None:
             self.note.setText("Load a model first; the API serves the model loaded here.")
+
+    def follow_on_graph(self, graph: SpeedGraph, window_replying: Callable[[], bool]) -> None:
+        """Draw each API request on the page's live graph while the window's own reply does not have it; one
+        answered while the window's reply has the curve still gets its bar."""
+        self.graph_request = ""
+
+        def started(request_id: str, at: float) -> None:
+            if not window_replying():
+                self.graph_request = request_id
+                graph.begin_reply(at)
+
+        def tokens(request_id: str, stamps: list[float]) -> None:
+            if request_id == self.graph_request:
+                graph.add_tokens(stamps)
+
+        def done(request_id: str, metrics: ReplyMetrics | None) -> None:
+            if request_id == self.graph_request:
+                self.graph_request = ""
+                graph.end_reply(metrics)
+            elif metrics is not None:
+                graph.add_history(metrics)
+
+        self.sig_request_started.connect(started)
+        self.sig_tokens.connect(tokens)
+        self.sig_request_done.connect(done)
 
     @property
     def serving(self) -> bool:
