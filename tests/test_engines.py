@@ -167,6 +167,11 @@ def test_a_cached_build_is_reused_and_installed_by_links(tmp_path: Path, monkeyp
     assert (installed / "lib" / "libllama.so.0.5.0").stat().st_ino == (entry / "lib" / "libllama.so.0.5.0").stat().st_ino
     assert steps == ["Built"]  # nothing compiled, nothing fetched
     assert "Using the cached build" in Path(result["log"]).read_text()
+    plan = build.make_plan("vulkan")
+    assert build.cached_build(plan) == entry
+    manifest = json.loads((entry / engines.MANIFEST).read_text())
+    (entry / engines.MANIFEST).write_text(json.dumps({**manifest, "recipe": build.RECIPE + 1}))
+    assert build.cached_build(plan) is None  # made with other CMake flags: built again, not reused
 
 
 def _install(data: Path, backend: str, smoke: SmokeResult | None, version: str | None = None) -> engines.Engine:

@@ -41,6 +41,7 @@ except ImportError:  # Windows: no flock; two builds of one engine at once are t
     fcntl = None  # type: ignore[assignment]
 
 BACKENDS = ("vulkan", "cuda")
+RECIPE = 1  # bump when cmake_arguments change: a cached build made with other flags is then built again
 
 
 def cache_key(backend: str, version: str, cuda_arch: str = "") -> str:
@@ -152,15 +153,20 @@ class _Lock:
 
 
 def cached_build(plan: BuildPlan) -> Path | None:
+    """The cache entry for ``plan`` when it holds a complete build made with today's recipe (CMake flags)."""
     entry = cache_root() / plan.key
-    return entry if (entry / MANIFEST).exists() else None
+    try:
+        manifest = json.loads((entry / MANIFEST).read_text(encoding="utf-8")[:65536])
+    except (OSError, ValueError):
+        return None
+    return entry if isinstance(manifest, dict) and manifest.get("recipe", 1) == RECIPE else None
 
 
 def compile_into_cache(plan: BuildPlan, progress: ProgressFn, cancelled: CancelledFn, log: IO[str]) -> Path:
     """Build ``plan`` into the shared cache unless it is there already; returns the cache entry."""
     entry = cache_root() / plan.key
     with _Lock(entry.parent / f"{entry.name}.lock", cancelled):
-        if (entry / MANIFEST).exists():
+        if cached_build(plan) is not None:
             log.write(f"Using the cached build in {entry}\n")
             return entry
         chain = check_toolchain(plan.backend)
@@ -208,6 +214,7 @@ def compile_into_cache(plan: BuildPlan, progress: ProgressFn, cancelled: Cancell
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_seconds": round(time.monotonic() - started, 1),
             "jobs": plan.jobs,
+            "recipe": RECIPE,
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         shutil.rmtree(entry, ignore_errors=True)
