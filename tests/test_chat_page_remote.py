@@ -25,6 +25,7 @@ from test_chat_page_serve import page  # noqa: E402,F401 - the page on the instr
 def _pick_server(qtbot: QtBot, page: ChatPage, url: str) -> None:
     page.model_combo.setCurrentIndex(page.model_combo.findText(REMOTE_LABEL))
     assert page.remote_bar.isVisible() and not page.tabs.isTabVisible(0)  # no offload or memory controls
+    assert not page.tabs.isTabEnabled(page.tabs.count() - 1)  # a server's model is not served again from here
     assert not page.send_button.isEnabled()
     qtbot.keyClicks(page.remote_bar.url, url)
     qtbot.mouseClick(page.remote_bar.connect_button, Qt.MouseButton.LeftButton)

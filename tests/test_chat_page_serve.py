@@ -138,4 +138,12 @@ def test_other_interfaces_need_the_key_shown_once(qtbot: QtBot, page: ChatPage) 
     page.serve.switch.setChecked(True)  # the second time: the same key, not shown again
     qtbot.waitUntil(lambda: page.serve.serving, timeout=10_000)
     assert page.serve.key.text() == "" and api_keys.get_serve_key() == key
+
+    qtbot.mouseClick(page.serve.new_key_button, Qt.MouseButton.LeftButton)  # a lost key is replaced
+    qtbot.waitUntil(lambda: page.serve.serving and page.serve.key.text() not in ("", key), timeout=10_000)
+    new_key = page.serve.key.text()
+    assert api_keys.get_serve_key() == new_key
+    old, new = _in_thread(_post, url, body, key), _in_thread(_post, url, body, new_key)
+    qtbot.waitUntil(lambda: "result" in old and "result" in new, timeout=LONG)
+    assert old["result"][0] == 401 and new["result"][0] == 200
     page.serve.switch.setChecked(False)

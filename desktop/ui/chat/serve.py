@@ -92,9 +92,14 @@ class ServePanel(QWidget):
         copy = QPushButton("Copy")
         copy.setObjectName("smallButton")
         copy.clicked.connect(lambda: QGuiApplication.clipboard().setText(self.key.text()))
+        self.new_key_button = QPushButton("New key")
+        self.new_key_button.setObjectName("smallButton")
+        self.new_key_button.setToolTip("Make a new API key (the old one stops working) and show it once")
+        self.new_key_button.clicked.connect(self.new_key)
         key_row = QHBoxLayout()
         key_row.addWidget(self.key, 1)
         key_row.addWidget(copy)
+        key_row.addWidget(self.new_key_button)
         self.key_widget = QWidget()
         key_layout = QVBoxLayout(self.key_widget)
         key_layout.setContentsMargins(0, 0, 0, 0)
@@ -212,6 +217,26 @@ class ServePanel(QWidget):
         self.note.setText(f"Serving {self._model_name} at {url}/v1 (OpenAI-compatible).")
         self._flush.start()
         self.sig_serving.emit(True)
+
+    @Slot()
+    def new_key(self) -> None:
+        """A lost key is replaced, not shown again: a new one goes to the keyring, and the server takes it now."""
+        self.new_key_button.setEnabled(False)
+        job = Job("Make a new API key", lambda progress, cancelled: api_keys.new_serve_key(), visible=False)
+        job.sig_result.connect(self._on_new_key)
+        job.sig_error.connect(self._failed)
+        self._jobs.start(job)
+
+    @Slot(object)
+    def _on_new_key(self, key: str) -> None:
+        self.new_key_button.setEnabled(True)
+        server, self.server = self.server, None
+        if server is None:
+            return
+        host = server.host  # listening again with the new key: the old one stops working at once
+        job = Job("Restart serving", lambda progress, cancelled: server.close(timeout=5.0), visible=False)
+        job.sig_finished.connect(lambda: self._listen(host, key, True))
+        self._jobs.start(job)
 
     def _stop(self) -> None:
         server, self.server = self.server, None
