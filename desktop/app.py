@@ -27,7 +27,7 @@ def housekeeping() -> list[str]:
     window's quantization) and old per-job logs. Returns the partial files removed."""
     from desktop import settings
     from desktop.fileio import sweep_stale_partials
-    from desktop.process import prune_job_logs
+    from desktop.job_logs import prune_job_logs
 
     removed = sweep_stale_partials((settings.models_dir(),))
     for path in removed:

@@ -1,7 +1,7 @@
 """Run a job in a child process, so a native crash cannot close the window and cancel can always stop it.
 
-(A little over 400 lines: the protocol, the parent's runner and the child's main are one piece; how children die
-with their parent is in :mod:`desktop.lifeline`.)
+The child's main is :mod:`desktop.process_child`, the per-job logs' upkeep :mod:`desktop.job_logs` (both re-exported
+here); how children die with their parent is in :mod:`desktop.lifeline`.
 
 Protocol (tuples over a duplex ``multiprocessing`` pipe, spawn start method on every platform):
 
@@ -30,14 +30,10 @@ plus ``emit=...`` when the function takes an ``emit`` parameter.
 
 from __future__ import annotations
 
-import faulthandler
-import importlib
-import inspect
 import logging
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -50,9 +46,14 @@ from typing import Any
 from desktop import lifeline
 from desktop.errors import Cancelled
 from desktop.fileio import instance_tag, remove_quietly
-from desktop.jobs import CancelledFn, JobError, JobFailed, ProgressFn, error_from_exception, with_fields
+from desktop.job_logs import MAX_JOB_LOG_BYTES, MAX_JOB_LOGS, drop_empty, prune_job_logs
+from desktop.jobs import CancelledFn, JobError, JobFailed, ProgressFn, with_fields
+from desktop.process_child import child_main, setup_child_logging
 
 log = logging.getLogger(__name__)
+
+__all__ = ["MAX_JOB_LOGS", "MAX_JOB_LOG_BYTES", "ChildProcess", "describe_exit", "live_children", "prune_job_logs",
+           "run_in_child", "setup_child_logging", "start_process", "terminate_all"]
 
 _live: weakref.WeakSet[ChildProcess] = weakref.WeakSet()
 _live_lock = threading.Lock()
@@ -64,88 +65,6 @@ _WINDOWS_CRASHES = {
     0xC00000FD: "a stack overflow",
     3: "abort()",
 }
-
-
-def _resolve(target: str) -> Callable[..., Any]:
-    module_name, _, func_name = target.partition(":")
-    return getattr(importlib.import_module(module_name), func_name)  # type: ignore[no-any-return]
-
-
-def setup_child_logging(log_path: str | None) -> None:
-    """In a child process (every child's main calls it first): exit when the parent dies (:mod:`desktop.lifeline`),
-    send fd 2 (where native libraries write) and Python's crash traces to the per-job log the parent reads after a
-    crash, and route Python logging there too."""
-    lifeline.guard_child()
-    if log_path:
-        log_file = open(log_path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
-        os.dup2(log_file.fileno(), 2)
-        sys.stderr = open(2, "w", closefd=False, buffering=1)  # noqa: SIM115
-        faulthandler.enable(file=log_file, all_threads=True)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-
-
-def _child_main(
-    conn: Connection, target: str | None, kwargs: dict[str, Any], log_path: str | None, preload: tuple[str, ...] = ()
-) -> None:
-    """Entry point of the child process. A warm child (``target`` None) imports ``preload`` first and then waits
-    for its job, ``("job", target, kwargs)``, so its start-up overlaps the parent's own preparations."""
-    setup_child_logging(log_path)
-    if target is None:
-        for module in preload:
-            try:
-                importlib.import_module(module)
-            except Exception:  # noqa: BLE001 - the job itself will import it again and report properly
-                logging.getLogger(__name__).exception("preloading %s failed", module)
-        try:
-            message = conn.recv()
-        except EOFError:
-            return  # the parent gave up on this child before assigning a job
-        if message[0] != "job":
-            return
-        target, kwargs = message[1], message[2]
-        assert target is not None
-
-    send_lock = threading.Lock()
-    cancel_seen = threading.Event()
-
-    def send(message: tuple[Any, ...]) -> None:
-        with send_lock:
-            try:
-                conn.send(message)
-            except (BrokenPipeError, ConnectionResetError, EOFError):
-                lifeline.parent_gone()  # also from ctypes callbacks, where a raised error would be swallowed
-
-    def cancelled() -> bool:
-        if not cancel_seen.is_set():
-            with send_lock:  # poll/recv share the pipe's read end; serialise with senders for safety
-                while conn.poll():
-                    if conn.recv()[0] == "cancel":
-                        cancel_seen.set()
-        return cancel_seen.is_set()
-
-    def progress(done: float, total: float, note: str = "", /, **fields: Any) -> None:
-        send(("progress", float(done), float(total), note, fields))
-
-    def emit(payload: Any) -> None:
-        send(("event", payload))
-
-    try:
-        fn = _resolve(target)
-        extra: dict[str, Any] = {}
-        if "emit" in inspect.signature(fn).parameters:
-            extra["emit"] = emit
-        result = fn(progress=progress, cancelled=cancelled, **extra, **kwargs)
-    except Cancelled:
-        send(("cancelled",))
-    except BaseException as exc:  # noqa: BLE001 - everything must cross as a value
-        error = error_from_exception(exc)
-        if error.detail:
-            print(error.detail, file=sys.stderr, flush=True)
-        send(("error", error.as_dict()))
-    else:
-        send(("result", result))
-    finally:
-        conn.close()
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -218,7 +137,7 @@ class ChildProcess:
         self._conn, child_conn = ctx.Pipe(duplex=True)
         self._child_conn: Connection | None = child_conn
         self.process = ctx.Process(
-            target=_child_main,
+            target=child_main,
             args=(child_conn, target, self.kwargs, str(log_path) if log_path else None, preload),
             daemon=True,
             name=f"quantdesk-{(target or 'warm').rsplit(':', 1)[-1]}",
@@ -393,39 +312,10 @@ def run_in_child(
             for path in cleanup:
                 remove_quietly(path)
         if succeeded and log_path is not None:
-            _drop_empty(log_path)
+            drop_empty(log_path)
         if log_path is not None:
             prune_job_logs(log_path.parent)
 
-
-def _drop_empty(path: Path) -> None:
-    try:
-        if path.stat().st_size == 0:
-            path.unlink()
-    except OSError:
-        pass
-
-
-MAX_JOB_LOGS = 40
-MAX_JOB_LOG_BYTES = 200 * 1000**2
-
-
-def prune_job_logs(folder: Path, keep: int = MAX_JOB_LOGS, max_bytes: int = MAX_JOB_LOG_BYTES) -> None:
-    """Per-job logs are for the last few failures: keep the newest ``keep`` (and at most ``max_bytes`` of them),
-    delete the rest, so the logs folder does not grow with every job ever run."""
-    try:
-        logs = sorted((p for p in folder.glob("job-*.log") if p.is_file()), key=lambda p: p.stat().st_mtime,
-                      reverse=True)
-    except OSError:
-        return
-    total = 0
-    for index, path in enumerate(logs):
-        try:
-            total += path.stat().st_size
-            if index >= keep or total > max_bytes:
-                path.unlink()
-        except OSError:
-            pass
 
 
 def live_children() -> list[ChildProcess]:

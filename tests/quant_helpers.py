@@ -211,7 +211,7 @@ def llama_dry_run_types(source: Path, type_name: str, *, imatrix: Path | None = 
 
     import llama_cpp
 
-    from desktop.quant.quantize import build_params
+    from desktop.quant.quantize_child import build_params
 
     lines: list[str] = []
     buffer = [""]

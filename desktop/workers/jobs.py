@@ -5,7 +5,7 @@ A :class:`Job` wraps a Qt-free callable ``fn(progress, cancelled)`` (see :mod:`d
 :func:`desktop.process.run_in_child` inside ``fn``, so the same mechanism also covers child processes::
 
     job = Job("Quantize to Q4_K_M", lambda progress, cancelled: run_in_child(
-        "desktop.quant.quantize:run_job", {...}, progress=progress, cancelled=cancelled))
+        "desktop.quant.quantize_child:run_job", {...}, progress=progress, cancelled=cancelled))
     job.sig_result.connect(self._on_quantized)
     manager.start(job)
 
