@@ -10,6 +10,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QProgressBar,
+    QSplitter,
     QTableWidget,
     QVBoxLayout,
     QWidget,
@@ -33,6 +34,12 @@ class Card(QFrame):
         self.body.setSpacing(6)
         outer.addLayout(self.body)
         outer.addStretch(1)  # keep the content at the top when a grid row makes the card taller
+
+    def stretch_body(self) -> None:
+        """Let the body take the card's height instead (for a table, a log or a chart that should grow)."""
+        layout = self.layout()
+        layout.setStretch(1, 1)
+        layout.setStretch(2, 0)
 
 
 class KeyValueGrid(QWidget):
@@ -118,3 +125,18 @@ def read_only_table(columns: list[str], stretch_column: int = 0) -> QTableWidget
         header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
     header.setSectionResizeMode(stretch_column, QHeaderView.ResizeMode.Stretch)
     return table
+
+
+def splitter(orientation: Qt.Orientation, *panes: QWidget, stretch: tuple[int, ...] = (),
+             sizes: tuple[int, ...] = ()) -> QSplitter:
+    """Panes side by side (or stacked) that the user resizes but never collapses: ``stretch`` is each pane's share
+    of extra room, ``sizes`` the starting sizes in pixels."""
+    split = QSplitter(orientation)
+    for pane in panes:
+        split.addWidget(pane)
+    for index, factor in enumerate(stretch):
+        split.setStretchFactor(index, factor)
+    if sizes:
+        split.setSizes(list(sizes))
+    split.setChildrenCollapsible(False)
+    return split

@@ -8,8 +8,7 @@ import functools
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
-from PySide6.QtGui import QKeySequence, QShortcut
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QScrollArea, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QWidget
 
 from desktop import settings
 from desktop.errors import UserError
@@ -31,17 +30,12 @@ from desktop.quant.pipeline import (
 )
 from desktop.ui.quantize.queue import CANCELLED, DONE, FAILED, LogView, QueueView
 from desktop.ui.quantize.source import SourcePicker
+from desktop.ui.page import Page
 from desktop.ui.quantize.types import TypeTable
-from desktop.ui.widgets import Card, note_label
+from desktop.ui.widgets import Card, note_label, splitter
 from desktop.workers import Job, JobManager, LibraryWatcher
 
 PREDICT_DELAY_MS = 250  # options typed in quick succession give one prediction
-
-
-def _stretch_body(card: Card) -> None:
-    """Let the card's body take the height (a Card keeps its content at the top by default)."""
-    card.layout().setStretch(1, 1)
-    card.layout().setStretch(2, 0)
 
 
 class _EventRelay(QObject):
@@ -50,14 +44,14 @@ class _EventRelay(QObject):
     sig_event = Signal(object)
 
 
-class QuantizePage(QWidget):
+class QuantizePage(Page):
     sig_finished = Signal()
     """A run ended (done, failed or cancelled); files may have been added to the library."""
     sig_sizes_predicted = Signal()
     """Predicted sizes for the current source and options are shown."""
 
     def __init__(self, jobs: JobManager, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+        super().__init__("Quantize", start_tip="Run the queue", parent=parent)
         self._jobs = jobs
         self._info: SourceInfo | None = None
         self._sizes: dict[str, int | str] = {}
@@ -66,9 +60,6 @@ class QuantizePage(QWidget):
         self.run_job: Job | None = None
         self._relay: _EventRelay | None = None
         self.last_outcome: PipelineOutcome | None = None
-
-        title = QLabel("Quantize")
-        title.setObjectName("pageTitle")
 
         self.library_watch = LibraryWatcher(self)  # a checkpoint downloaded or imported anywhere is offered here
         self.library_watch.sig_changed.connect(self.refresh_checkpoints)
@@ -96,7 +87,7 @@ class QuantizePage(QWidget):
         targets.body.addWidget(self.calibration)
         targets.body.addWidget(self.advanced)
         targets.body.addWidget(self.options_error)
-        _stretch_body(targets)
+        targets.stretch_body()
 
         self.queue = QueueView()
         self.queue.sig_cancel_item.connect(self.cancel_item)
@@ -106,54 +97,17 @@ class QuantizePage(QWidget):
         queue_card.body.addWidget(self.queue)
         log_card = Card("Log")
         log_card.body.addWidget(self.log)
-        _stretch_body(queue_card)
-        _stretch_body(log_card)
-        right = QSplitter(Qt.Orientation.Vertical)
-        right.addWidget(queue_card)
-        right.addWidget(log_card)
-        right.setChildrenCollapsible(False)
-
-        splitter = QSplitter(Qt.Orientation.Horizontal)
-        splitter.addWidget(targets)
-        splitter.addWidget(right)
-        splitter.setStretchFactor(0, 3)
-        splitter.setStretchFactor(1, 2)
-        splitter.setSizes([540, 460])
-        splitter.setChildrenCollapsible(False)
+        queue_card.stretch_body()
+        log_card.stretch_body()
+        right = splitter(Qt.Orientation.Vertical, queue_card, log_card)
+        panes = splitter(Qt.Orientation.Horizontal, targets, right, stretch=(3, 2), sizes=(540, 460))
 
         self.output = OutputFolder(settings.models_dir())
-        self.status = note_label()
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.start_button = QPushButton("Start")
-        self.start_button.setDefault(True)
-        self.start_button.setToolTip("Run the queue (Ctrl+Enter)")
-        self.start_button.clicked.connect(self.start)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        for keys in ("Ctrl+Return", "Ctrl+Enter"):
-            shortcut = QShortcut(QKeySequence(keys), self, self.start)
-            shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-        bottom = QHBoxLayout()
-        bottom.addWidget(self.output, 3)
-        bottom.addWidget(self.start_button)
-        bottom.addWidget(self.cancel_button)
-
-        content = QWidget()
-        layout = QVBoxLayout(content)
-        layout.setContentsMargins(20, 16, 20, 16)
-        layout.addWidget(title)
-        layout.addWidget(source_card)
-        layout.addWidget(splitter, 1)
-        layout.addLayout(bottom)
-        layout.addWidget(self.status)
-        scroll = QScrollArea()  # a small window scrolls instead of squeezing the page
-        scroll.setWidget(content)
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        self.sig_start.connect(self.start)
+        self.sig_cancel.connect(self.cancel)
+        self.body.addWidget(source_card)
+        self.body.addWidget(panes, 1)
+        self.body.addWidget(self.output)
 
         self._predict_timer = QTimer(self)
         self._predict_timer.setSingleShot(True)
@@ -276,8 +230,9 @@ class QuantizePage(QWidget):
         running = self.run_job is not None and self.run_job.is_active()
         source = self.source.current()
         ready = source is not None and (bool(self.types.checked_types()) or source.is_checkpoint)
-        self.start_button.setEnabled(ready and not running)
-        self.cancel_button.setEnabled(running)
+        self.set_can_start(ready)
+        if running != self.is_running():
+            self.set_running(running)
 
     def request(self) -> PipelineRequest:
         """The run the widgets describe; raises UserError with the sentence to show when it cannot start."""
