@@ -104,10 +104,9 @@ class ModelEntry:
     source: str
     imatrix: str | None
     added_at: float
-
-    @property
-    def exists(self) -> bool:
-        return self.path.exists()
+    exists: bool
+    """Whether the file was on disk when the entry was read: checked where the list is read (a job), so a page
+    showing it never stats a file on the GUI thread (a library on a sleeping network drive would freeze it)."""
 
 
 @dataclass(frozen=True)
@@ -345,4 +344,5 @@ def _entry(row: tuple) -> ModelEntry:  # type: ignore[type-arg]
         source=row[8],
         imatrix=row[9],
         added_at=row[10],
+        exists=os.path.exists(row[1]),
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from mockhub import MockHub, checkpoint_files  # noqa: F401 - fixtures
-from PySide6.QtCore import QDir, QTimer
+from PySide6.QtCore import QDir, Qt, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 from pytestqt.qtbot import QtBot
 
@@ -164,3 +164,36 @@ def test_deleting_inside_the_models_folder_asks_once(qtbot: QtBot, pages) -> Non
     models.remove_selected()
     qtbot.waitUntil(lambda: models.table.rowCount() == 0, timeout=30_000)
     assert len(seen) == 1 and not model.exists()
+
+
+def test_the_models_page_never_stats_a_model_file_on_the_gui_thread(qtbot: QtBot, jobs: JobManager,  # noqa: F811
+                                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether a library file is still on disk was asked on the GUI thread for every row of every reload and every
+    selection (a library on a sleeping network drive froze the window); it is read with the list, in the job."""
+    from desktop.ui.models.page import ModelsPage
+
+    kept = write_tiny_llama(tmp_path / "kept.gguf", n_layer=1)
+    gone = write_tiny_llama(tmp_path / "gone.gguf", n_layer=1)
+    Library().add_file(kept)
+    Library().add_file(gone)
+    gone.unlink()
+    on_gui_thread: list[str] = []
+    real_exists = os.path.exists
+
+    def exists(path) -> bool:  # type: ignore[no-untyped-def]
+        if threading.current_thread() is threading.main_thread() and str(path).startswith(str(tmp_path)):
+            on_gui_thread.append(str(path))
+        return real_exists(path)
+
+    monkeypatch.setattr(os.path, "exists", exists)
+    monkeypatch.setattr(Path, "exists", lambda self, **kw: exists(self))
+    page = ModelsPage(jobs)
+    qtbot.addWidget(page)
+    page.reload()
+    qtbot.waitUntil(lambda: page.table.rowCount() == 2, timeout=30_000)
+    rows = {page.table.item(r, 0).data(Qt.ItemDataRole.UserRole): r for r in range(page.table.rowCount())}
+    missing = next(e for e in page.entries if e.path == gone)
+    assert page.table.item(rows[missing.id], 0).toolTip() == "The file is missing from disk."
+    page.table.selectRow(rows[missing.id])
+    assert page.details_grid.value("Path").endswith("(missing)")
+    assert on_gui_thread == []
