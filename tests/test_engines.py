@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from desktop.errors import Cancelled, UserError
@@ -123,13 +124,11 @@ def test_cancel_kills_the_whole_process_group(tmp_path: Path) -> None:
             build_run.run_logged(["/bin/sh", "-c", script], log, cancelled, on_line=lines.append)
     assert time.monotonic() - started < 30
     grandchild = int(pid_file.read_text())
-    for _ in range(100):
-        try:
-            os.kill(grandchild, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
+    try:
+        psutil.Process(grandchild).wait(timeout=5)
+    except psutil.NoSuchProcess:
+        pass  # already gone
+    except psutil.TimeoutExpired:
         pytest.fail("the grandchild survived the cancel")
     assert "[1/10] started" in log_path.read_text() and lines == ["[1/10] started"]
 
