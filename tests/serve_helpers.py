@@ -63,6 +63,28 @@ def instruct_model_path() -> Path:
             os.environ["QUANTDESK_HOME"] = previous
 
 
+@functools.lru_cache(maxsize=1)
+def fast_model_path() -> Path:
+    """A tiny random llama (the quantization tests' gguf-py writer, 4 layers, F16) that generates hundreds of tokens
+    a second here, so the engine sends several tokens per batch. Its end-of-text logits row is zeroed: greedy
+    decoding never stops early."""
+    import gguf
+
+    from engine_helpers import SHARED_HOME
+    from quant_helpers import write_tiny_llama
+
+    path = SHARED_HOME / "tiny-llama-4l-f16-no-eos.gguf"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        write_tiny_llama(partial, n_layer=4)
+        reader = gguf.GGUFReader(partial, "r+")
+        next(t for t in reader.tensors if t.name == "output.weight").data[2] = 0  # </s>
+        del reader
+        partial.replace(path)
+    return path
+
+
 @dataclass
 class ServerProcess:
     """A server in a child process; ``lines`` collects what it prints (stdout and stderr)."""

@@ -76,6 +76,7 @@ class ParsedRequest:
     messages: list[dict[str, str]] = field(default_factory=list)
     prompt: str | None = None
     model: str | None = None
+    timings_per_token: bool = False  # llama-server's option: every chunk says how many tokens so far
 
 
 def _number(body: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
@@ -185,7 +186,8 @@ def parse_chat(body: Any, max_tokens_cap: int) -> ParsedRequest:
                            "(system, developer, user or assistant).", param=f"messages[{index}].role",
                            code="invalid_value")
         messages.append({"role": role, "content": _content(message.get("content"), index)})
-    return ParsedRequest("chat", sampling, stream, include_usage, messages=messages, model=model)
+    return ParsedRequest("chat", sampling, stream, include_usage, messages=messages, model=model,
+                         timings_per_token=body.get("timings_per_token") is True)
 
 
 def parse_completion(body: Any, max_tokens_cap: int) -> ParsedRequest:
@@ -198,7 +200,8 @@ def parse_completion(body: Any, max_tokens_cap: int) -> ParsedRequest:
         raise ApiError(400, "'prompt' must be a string.", param="prompt", code="invalid_type")
     if body.get("echo") or (body.get("best_of") or 1) != 1 or body.get("suffix"):
         raise ApiError(400, "'echo', 'best_of' and 'suffix' are not supported.", code="unsupported_parameter")
-    return ParsedRequest("completion", sampling, stream, include_usage, prompt=prompt, model=model)
+    return ParsedRequest("completion", sampling, stream, include_usage, prompt=prompt, model=model,
+                         timings_per_token=body.get("timings_per_token") is True)
 
 
 # ---------------------------------------------------------------------------------------------- responses
@@ -248,9 +251,11 @@ def completion_response(response_id: str, model: str, text: str, metrics: ReplyM
 
 
 def stream_chunk(endpoint: str, response_id: str, model: str, created: int, text: str = "", *, first: bool = False,
-                 finish: str | None = None, metrics: ReplyMetrics | None = None) -> dict[str, Any]:
+                 finish: str | None = None, metrics: ReplyMetrics | None = None,
+                 tokens_so_far: int | None = None) -> dict[str, Any]:
     """One server-sent chunk: the opening one (``first``: a chat's role), a piece of ``text``, or the last one
-    (``finish`` and, like llama-server, the request's ``timings``)."""
+    (``finish`` and, like llama-server, the request's ``timings``). ``tokens_so_far``: for a client that asked for
+    ``timings_per_token``, ``timings.predicted_n`` on a piece (a piece can hold several tokens)."""
     if endpoint == "chat":
         delta = {"role": "assistant", "content": ""} if first else ({} if finish else {"content": text})
         choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
@@ -261,6 +266,8 @@ def stream_chunk(endpoint: str, response_id: str, model: str, created: int, text
     chunk = {**_envelope(response_id, kind, model, created), "choices": [choice]}
     if metrics is not None:
         chunk["timings"] = timings(metrics)
+    elif tokens_so_far is not None:
+        chunk["timings"] = {"predicted_n": tokens_so_far}
     return chunk
 
 

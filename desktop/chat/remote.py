@@ -6,7 +6,8 @@ page and ``quantdesk chat --server`` use it in place of the local engine:
 * ``load(model)``: reads ``/v1/models``, then ``loaded {metadata: {name, remote, url, models, n_ctx?}, memory: {}}``
   (or ``error`` with request "load"). An empty model name picks the server's only model.
 * ``chat(messages, sampling)``: a streaming ``/v1/chat/completions``; ``prompt_started`` when the server accepts
-  it, a ``token {request_id, text, at}`` per streamed piece (``at``: ``time.perf_counter()`` on arrival), then
+  it, a ``tokens {request_id, text, stamps}`` per streamed piece (``stamps``: its ``time.perf_counter()`` on
+  arrival, one per piece: a server's chunk is about one token), then
   ``reply_done {request_id, text, metrics, timing_source, stream_timing, server_timings}``. ``metrics`` is a
   :class:`~desktop.chat.engine.ReplyMetrics`: token counts from the server's ``usage``, speeds from the server's
   own ``timings`` where it sends them (llama-server does; they fill ``llama_perf`` as llama.cpp's counters do
@@ -55,6 +56,9 @@ from desktop.jobs import error_from_exception
 log = logging.getLogger(__name__)
 
 __all__ = ["FROM_KEYRING", "RemoteEngine", "ServerAddress", "list_models"]
+
+EXTENSIONS = ("top_k", "min_p", "repeat_penalty", "timings_per_token")  # llama.cpp's fields beyond OpenAI's
+MAX_TOKENS_PER_PIECE = 1 << 20
 
 
 class RemoteEngine(Engine):
@@ -191,6 +195,7 @@ class RemoteEngine(Engine):
         for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens", "seed"):
             if sampling_dict.get(name) is not None:
                 body[name] = sampling_dict[name]
+        body["timings_per_token"] = True  # llama-server (and quantdesk serve): each piece says how many tokens
         if sampling_dict.get("stop"):
             body["stop"] = list(sampling_dict["stop"])
         self.start()
@@ -241,27 +246,34 @@ class RemoteEngine(Engine):
             if self._stop_upto >= seq:  # a stop that came while connecting: the answer must not be awaited
                 sock.shutdown(socket.SHUT_RDWR)
 
-        try:
-            conn, response = request(self.address, "POST", "/v1/chat/completions", self._key(), self.timeout_s,
-                                      body, keep)
-        except (OSError, http.client.HTTPException) as exc:
-            if self._stop_upto >= seq:
-                raise _StoppedEarly() from None
-            raise network_error(exc, self.address, self.timeout_s) from None
-        try:
-            self._read_stream(request_id, seq, response, tally)
-        finally:
-            response.close()
-            conn.close()
+        for attempt in (body, {k: v for k, v in body.items() if k not in EXTENSIONS}):
+            try:
+                conn, response = request(self.address, "POST", "/v1/chat/completions", self._key(), self.timeout_s,
+                                         attempt, keep)
+            except (OSError, http.client.HTTPException) as exc:
+                if self._stop_upto >= seq:
+                    raise _StoppedEarly() from None
+                raise network_error(exc, self.address, self.timeout_s) from None
+            try:
+                if response.status != 200:
+                    said = response.read(MAX_ERROR_BYTES)
+                    if response.status == 400 and attempt is body and _names_an_extension(said):
+                        continue  # a strict server (OpenAI's own) refuses llama.cpp's extra fields: ask without them
+                    raise status_error(response.status, said, self.address, "chat")
+                self._read_stream(request_id, seq, response, tally, body.get("max_tokens"))
+                return
+            finally:
+                response.close()
+                conn.close()
 
-    def _read_stream(self, request_id: str, seq: int, response: http.client.HTTPResponse, tally: _Tally) -> None:
+    def _read_stream(self, request_id: str, seq: int, response: http.client.HTTPResponse, tally: _Tally,
+                     max_tokens: Any) -> None:
         if self._stop_upto >= seq:
             self.stop()
-        if response.status != 200:
-            raise status_error(response.status, response.read(MAX_ERROR_BYTES), self.address, "chat")
         self._deliver(EngineEvent("prompt_started", {"request_id": request_id, "prompt_tokens": 0,
                                                      "dropped_messages": 0}))
         finish, usage, timings = "", as_dict(None), as_dict(None)
+        limit = int(number(max_tokens)) or MAX_TOKENS_PER_PIECE  # the most tokens a server may claim to have sent
         try:
             for data in sse_events(response):
                 if data.strip() == "[DONE]":
@@ -280,11 +292,13 @@ class RemoteEngine(Engine):
                 choice = as_dict(choices[0] if isinstance(choices, list) and choices else None)
                 text = as_dict(choice.get("delta")).get("content")
                 if isinstance(text, str) and text:
-                    tally.token(text)
+                    so_far = min(int(number(as_dict(chunk.get("timings")).get("predicted_n"))), limit)
+                    tally.token(text, so_far - tally.tokens if so_far > tally.tokens else 1)
                     if tally.chars > MAX_REPLY_CHARS:
                         raise UserError("The server's reply grew beyond 4 MiB of text.", "Lower max tokens.",
                                         kind="bad_response")
-                    self._deliver(EngineEvent("tokens", {"request_id": request_id, "text": text, "stamps": [tally.last]}))
+                    self._deliver(EngineEvent("tokens", {"request_id": request_id, "text": text,
+                                                         "stamps": [tally.last] * tally.last_count}))
                 if isinstance(choice.get("finish_reason"), str):
                     finish = choice["finish_reason"]
         except (OSError, http.client.HTTPException) as exc:
@@ -300,6 +314,11 @@ class RemoteEngine(Engine):
         }))
 
 
+def _names_an_extension(error_body: bytes) -> bool:
+    text = error_body.decode("utf-8", "replace")
+    return any(name in text for name in EXTENSIONS)
+
+
 class _StoppedEarly(Exception):
     """Stop closed the connection before the server answered."""
 
@@ -313,19 +332,24 @@ class _Tally:
         self.last = sent
         self.parts: list[str] = []
         self.chars = 0
+        self.tokens = 0  # tokens so far: a piece is one token unless the server said how many it held
+        self.last_count = 0
 
-    def token(self, text: str) -> None:
+    def token(self, text: str, count: int = 1) -> None:
         self.last = time.perf_counter()
         if self.first is None:
             self.first = self.last
         self.parts.append(text)
         self.chars += len(text)
+        self.tokens += count
+        self.last_count = count
 
     def stream_timing(self) -> dict[str, Any]:
         n, first = len(self.parts), self.first
         span = (self.last - first) if first is not None else 0.0
         return {
             "pieces": n,
+            "tokens": self.tokens,
             "ttft_s": (first - self.sent) if first is not None else None,
             "generation_s": span,
             "pieces_per_s": (n - 1) / span if n > 1 and span > 0 else 0.0,
@@ -334,15 +358,15 @@ class _Tally:
     def metrics(self, finish: str, n_ctx: int, usage: Mapping[str, Any], timings: Mapping[str, Any]) -> dict[str, Any]:
         stream = self.stream_timing()
         prompt_total = int(number(usage.get("prompt_tokens")) or number(timings.get("prompt_n")))
-        completion = int(number(usage.get("completion_tokens")) or len(self.parts))
+        completion = int(number(usage.get("completion_tokens")) or self.tokens)
         ttft = stream["ttft_s"]
         perf: dict[str, float] = {}
-        if number(timings.get("predicted_n")):
+        if number(timings.get("predicted_n")) and number(timings.get("predicted_ms")):
             perf = {"n_p_eval": number(timings.get("prompt_n")), "t_p_eval_ms": number(timings.get("prompt_ms")),
                     "n_eval": number(timings.get("predicted_n")), "t_eval_ms": number(timings.get("predicted_ms"))}
         prompt_n = int(perf.get("n_p_eval", prompt_total))
         prompt_ms = perf.get("t_p_eval_ms", (ttft or 0.0) * 1000)
-        generated = int(perf.get("n_eval", max(0, len(self.parts) - 1)))
+        generated = int(perf.get("n_eval", max(0, self.tokens - 1)))
         generation_ms = perf.get("t_eval_ms", stream["generation_s"] * 1000)
         return {
             "prompt_tokens": prompt_n,

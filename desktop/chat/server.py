@@ -432,6 +432,7 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.server.app
         response_id, created, model = api.new_id(request.endpoint), int(time.time()), app.model_name
         writing = True
+        produced = 0  # tokens streamed so far
         while True:
             try:
                 event = events.get(timeout=1.0)
@@ -448,8 +449,10 @@ class _Handler(BaseHTTPRequestHandler):
                 stamps = list(event.data.get("stamps") or ())
                 for i, at in enumerate(stamps):  # one serve event per token; the batch's text on its last
                     app.emit("token", request_id=request_id, text=text if i == len(stamps) - 1 else "", at=at)
+                produced += len(stamps)
                 if request.stream and writing:
-                    chunk = api.stream_chunk(request.endpoint, response_id, model, created, text)
+                    chunk = api.stream_chunk(request.endpoint, response_id, model, created, text,
+                                             tokens_so_far=produced if request.timings_per_token else None)
                     writing = self._write_or_stop(request_id, lambda: self._sse(chunk))
             elif event.kind == "reply_done":
                 metrics = event.metrics
