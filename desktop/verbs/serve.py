@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free one)")
     parser.add_argument("--ctx", type=int, default=4096, help="context length (default 4096)")
     parser.add_argument("--gpu-layers", type=int, default=0, help="layers to offload to the GPU (default 0)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all physical cores)")
     parser.add_argument("--name", default=None, help="the model name clients see (default: the file name)")
     parser.add_argument("--require-key", action="store_true", help="ask for the API key on 127.0.0.1 too")
     parser.add_argument("--new-key", action="store_true", help="replace the stored API key with a new one (shown once)")
@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from desktop.chat.turns import EngineTurns
     from desktop.errors import UserError
     from desktop.jobs import JobFailed
+    from desktop.llama.session import default_threads
     from desktop.settings import load_settings
 
     if args.max_tokens < 1 or args.max_connections < 1 or not 0 <= args.port <= 65535:
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     turns = EngineTurns(engine)
     server = ChatServer(turns, model_name=args.name or model.stem, host=args.host, port=args.port, api_key=key,
                         limits=limits, on_event=on_serve_event)
-    options = LoadOptions(path=str(model), n_ctx=args.ctx, n_gpu_layers=args.gpu_layers, n_threads=args.threads,
+    options = LoadOptions(path=str(model), n_ctx=args.ctx, n_gpu_layers=args.gpu_layers,
+                          n_threads=args.threads or default_threads(),  # headless: every physical core, as chat
                           cpu_repack=load_settings().cpu_repack)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
     try:
