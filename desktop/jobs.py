@@ -21,7 +21,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from desktop.errors import Cancelled, UserError
@@ -81,10 +81,6 @@ class Progress:
             return None
         count = max(1, self.count)
         return min(1.0, max(0.0, (self.index + min(1.0, self.done / self.total)) / count))
-
-    def in_step(self, step: str, index: int, count: int) -> Progress:
-        """This report re-addressed as step ``index`` of ``count`` of an enclosing job."""
-        return replace(self, step=step, index=index, count=count)
 
 
 _DEFAULT_PROGRESS = Progress()
@@ -363,8 +359,3 @@ class ProgressPrinter:
             self.stream.write("\n")
             self.stream.flush()
             self._drawn = False
-
-
-def call_job(fn: Callable[..., Any], progress: ProgressFn, cancelled: CancelledFn, **kwargs: Any) -> Any:
-    """Run a job function in this thread (the CLI and tests use this)."""
-    return fn(progress=progress, cancelled=cancelled, **kwargs)

@@ -272,10 +272,6 @@ class Library:
                 skipped.append(f"{repo.repo_id}: {exc.message}")
         return skipped
 
-    def is_empty(self) -> bool:
-        with self._connect() as db:
-            return db.execute("SELECT COUNT(*) FROM models").fetchone()[0] == 0
-
 
 def in_models_folder(path: Path | str) -> bool:
     """Whether ``path`` (not resolved) lies in QuantDesk's models folder; anything else is deleted only after a

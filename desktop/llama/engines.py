@@ -281,14 +281,3 @@ def offload_shortfall(requested_layers: int, memory: dict[str, Any] | None, engi
                 "page (or: quantdesk engine build vulkan).")
     return (f"No layer went to the GPU: the {engine} engine found no GPU it can use, so the model runs on the CPU. "
             "The Hardware page says what to install.")
-
-
-def apply_environment(changes: dict[str, str | None], environ: dict[str, str] | None = None) -> dict[str, str]:
-    """A copy of ``environ`` (default: this process's) with ``changes`` applied, for ``subprocess`` children."""
-    env = dict(os.environ if environ is None else environ)
-    for key, value in changes.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env

@@ -111,10 +111,6 @@ class DevicePlan:
     def need_bytes(self) -> int:
         return self.breakdown.total
 
-    @property
-    def spare_bytes(self) -> int:
-        return self.budget_bytes - self.need_bytes
-
 
 @dataclass(frozen=True)
 class OffloadPlan:

@@ -81,10 +81,6 @@ Emit = Callable[[object], None]
 # Sources
 
 
-def is_checkpoint_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))
-
-
 def source_for_path(path: Path | str) -> Source:
     """A :class:`Source` for a path the user chose; raises a UserError for anything that is neither."""
     path = Path(path)
