@@ -273,12 +273,12 @@ class Library:
         return skipped
 
 
-def in_models_folder(path: Path | str) -> bool:
+def in_models_folder(path: Path | str, models_dir: Path | str | None = None) -> bool:
     """Whether ``path`` (not resolved) lies in QuantDesk's models folder; anything else is deleted only after a
-    second confirmation."""
+    second confirmation. ``models_dir``: that folder as already read (a page reads it off the GUI thread)."""
     from desktop import settings
 
-    folder = os.path.abspath(settings.models_dir())
+    folder = os.path.abspath(models_dir if models_dir is not None else settings.models_dir())
     return os.path.abspath(path).startswith(folder.rstrip(os.sep) + os.sep)
 
 

@@ -197,3 +197,47 @@ def test_the_models_page_never_stats_a_model_file_on_the_gui_thread(qtbot: QtBot
     page.table.selectRow(rows[missing.id])
     assert page.details_grid.value("Path").endswith("(missing)")
     assert on_gui_thread == []
+
+
+def test_deleting_reads_the_models_folder_off_the_gui_thread(qtbot: QtBot, pages,  # type: ignore[no-untyped-def]
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove… asked settings.models_dir() (settings.json read, folder made) on the GUI thread at every delete."""
+    from desktop import settings
+
+    real_models_dir = settings.models_dir
+    on_gui_thread: list[str] = []
+
+    def models_dir() -> Path:
+        if threading.current_thread() is threading.main_thread():
+            on_gui_thread.append("models_dir")
+        return real_models_dir()
+
+    monkeypatch.setattr(settings, "models_dir", models_dir)
+    models, _ = pages
+    model = write_tiny_llama(real_models_dir() / "m-F16.gguf", n_layer=1)
+    Library().add_file(model)
+    qtbot.waitUntil(lambda: models.table.rowCount() == 1, timeout=30_000)
+    models.table.selectRow(0)
+    seen: list[str] = []
+    _answer_dialogs(["Delete file"], seen)
+    models.remove_selected()
+    qtbot.waitUntil(lambda: models.table.rowCount() == 0, timeout=30_000)
+    assert len(seen) == 1 and not model.exists()
+    assert on_gui_thread == []
+
+
+def test_the_library_shows_when_the_models_folder_cannot_be_made(qtbot: QtBot, jobs: JobManager,  # noqa: F811
+                                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from desktop import settings
+    from desktop.ui.models.page import ModelsPage
+
+    def models_dir() -> Path:
+        raise PermissionError(13, "Permission denied", "/media/gone/models")
+
+    Library().add_file(write_tiny_llama(tmp_path / "m.gguf", n_layer=1))
+    monkeypatch.setattr(settings, "models_dir", models_dir)
+    page = ModelsPage(jobs)
+    qtbot.addWidget(page)
+    page.reload()
+    qtbot.waitUntil(lambda: page.table.rowCount() == 1, timeout=30_000)
+    assert page.models_dir is None

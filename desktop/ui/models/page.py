@@ -34,10 +34,20 @@ LIBRARY_TAB, HUB_TAB = 0, 1
 COLUMNS = ["Name", "Architecture", "Parameters", "Type", "Context", "Size"]
 
 
-def _load_library(progress, cancelled) -> tuple[list[ModelEntry], list[CheckpointEntry], list[str]]:  # type: ignore[no-untyped-def]
+Loaded = tuple[list[ModelEntry], list[CheckpointEntry], list[str], Path | None]
+
+
+def _load_library(progress, cancelled) -> Loaded:  # type: ignore[no-untyped-def]
+    """The library, and the models folder (settings are read and the folder made here, not on the GUI thread)."""
+    from desktop import settings
+
     library = Library()
     skipped = library.sync_hf_cache()  # cached snapshots are listed offline, without a request
-    return library.models(), library.checkpoints(), skipped
+    try:
+        models_dir: Path | None = settings.models_dir()
+    except OSError:  # the chosen folder's drive is gone: the library still shows, and a delete asks twice
+        models_dir = None
+    return library.models(), library.checkpoints(), skipped, models_dir
 
 
 class ModelsPage(Page):
@@ -48,6 +58,7 @@ class ModelsPage(Page):
         super().__init__("Models", start=None, scroll=False, parent=parent)  # the Hub tab scrolls on its own
         self._jobs = jobs
         self.entries: list[ModelEntry] = []
+        self.models_dir: Path | None = None  # read with the library; None: not yet (a delete then asks twice)
         self._select_after_reload: Path | None = None
         self.setAcceptDrops(True)
 
@@ -129,8 +140,8 @@ class ModelsPage(Page):
         self.reload()
 
     @Slot(object)
-    def _show_library(self, loaded: tuple[list[ModelEntry], list[CheckpointEntry], list[str]]) -> None:
-        models, checkpoints, skipped = loaded
+    def _show_library(self, loaded: Loaded) -> None:
+        models, checkpoints, skipped, self.models_dir = loaded
         self.checkpoints.show_entries(checkpoints, skipped)
         self.show_entries(models)
 
@@ -277,13 +288,13 @@ class ModelsPage(Page):
         clicked = box.clickedButton()
         if clicked not in (keep, delete):
             return
-        if clicked is delete and not in_models_folder(entry.path) and not self._confirm_delete_outside(entry):
+        inside = self.models_dir is not None and in_models_folder(entry.path, self.models_dir)
+        if clicked is delete and not inside and not self._confirm_delete_outside(entry):
             return
         self.remove_entry(entry, delete_file=clicked is delete)
 
     def _confirm_delete_outside(self, entry: ModelEntry) -> bool:
         """The second confirmation for a file outside the models folder, saying what deleting it really does."""
-        from desktop import settings
         from desktop.naming import hf_cache_repo
 
         repo = hf_cache_repo(entry.path)
@@ -298,7 +309,7 @@ class ModelsPage(Page):
                 "downloaded revision uses the same file. Other programs that use this download will fetch it "
                 "again.")
         else:
-            box.setText(f"“{entry.path.name}” is outside QuantDesk's models folder ({settings.models_dir()}).")
+            box.setText(f"“{entry.path.name}” is outside QuantDesk's models folder ({self.models_dir}).")
             box.setInformativeText(f"{entry.path}\n\nIt will be deleted from disk.")
         delete = box.addButton("Delete it", QMessageBox.ButtonRole.DestructiveRole)
         box.addButton(QMessageBox.StandardButton.Cancel)
