@@ -68,7 +68,8 @@ def server_run(client: object, n_tokens: int) -> tuple[int, float, float]:
     tokens, counter_rate = 0, 0.0
     stream = client.chat.completions.create(  # type: ignore[attr-defined]
         model="bench", messages=[{"role": "user", "content": PROMPT}], stream=True, max_tokens=n_tokens,
-        temperature=0, stream_options={"include_usage": True}, extra_body={"top_k": 1, "repeat_penalty": 1.0},
+        temperature=0, top_p=1.0, stream_options={"include_usage": True},
+        extra_body={"top_k": 1, "min_p": 0.0, "repeat_penalty": 1.0},  # the engine side's exact sampling settings
     )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
