@@ -293,6 +293,12 @@ def install_engine(entry: Path, data_dir: Path | None = None) -> Path:
     return target
 
 
+def build_log_path(backend: str, version: str | None = None) -> Path:
+    """The log every build of ``backend``'s engine (default: for the installed llama-cpp-python) appends to; the
+    Hardware page opens it while the build runs."""
+    return paths.logs_dir() / f"engine-build-{engine_name(backend, version or library_version())}.log"
+
+
 def build_engine(
     backend: str,
     progress: ProgressFn,
@@ -305,7 +311,7 @@ def build_engine(
     """The job: build (or reuse from the cache) and install the ``backend`` engine. Returns its manifest plus
     ``path`` and ``log``. Raises :class:`UserError` with the one thing to do when it cannot."""
     plan = make_plan(backend, jobs, cuda_arch)
-    log_path = paths.logs_dir() / f"engine-build-{plan.name}.log"
+    log_path = build_log_path(plan.backend, plan.version)
     with open(log_path, "a", encoding="utf-8", errors="replace") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} building {plan.name} ({plan.key}), {plan.jobs} jobs\n")
         entry = compile_into_cache(plan, progress, cancelled, log)

@@ -125,11 +125,9 @@ class EngineCard(Card):
 
     # ---- build, test, cancel
     def build(self, backend: str) -> None:
-        from desktop import paths
-        from desktop.llama.build import build_engine
-        from desktop.llama.engines import engine_name, library_version
+        from desktop.llama.build import build_engine, build_log_path
 
-        self._log_path = str(paths.logs_dir() / f"engine-build-{engine_name(backend, library_version())}.log")
+        self._log_path = str(build_log_path(backend))
         self.log_view.clear()
         job = Job(f"Build the {backend.capitalize()} engine",
                   lambda progress, cancelled: build_engine(backend, progress, cancelled))
