@@ -7,6 +7,8 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+from desktop import paths
+
 
 @contextlib.contextmanager
 def transaction(db_path: Path | str) -> Iterator[sqlite3.Connection]:
@@ -19,3 +21,18 @@ def transaction(db_path: Path | str) -> Iterator[sqlite3.Connection]:
             yield db
     finally:
         db.close()
+
+
+class Store:
+    """Tables of the app's database (``schema``, created when the store is made); every call opens its own
+    connection (:func:`transaction`), so any thread or process may use a store."""
+
+    schema = ""
+
+    def __init__(self, db_path: Path | None = None) -> None:
+        self.db_path = db_path or paths.database_path()
+        with self._connect() as db:
+            db.executescript(self.schema)
+
+    def _connect(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.db_path)

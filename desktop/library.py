@@ -13,15 +13,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from desktop import paths
-from desktop.db import transaction
+from desktop.db import Store
 from desktop.gguf.reader import read_gguf
 
 log = logging.getLogger(__name__)
@@ -130,14 +128,8 @@ class CheckpointEntry:
         return self.path.is_dir()
 
 
-class Library:
-    def __init__(self, db_path: Path | None = None) -> None:
-        self.db_path = db_path or paths.database_path()
-        with self._connect() as db:
-            db.executescript(SCHEMA)
-
-    def _connect(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return transaction(self.db_path)
+class Library(Store):
+    schema = SCHEMA
 
     def add_file(
         self,

@@ -7,15 +7,12 @@ Each call opens its own connection, so any thread or process may use a :class:`M
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
-from desktop import paths
-from desktop.db import transaction
+from desktop.db import Store
 from desktop.eval import speed
 from desktop.eval.evaluate import EvalResult
 from desktop.eval.speed import SPEED_RUNS
@@ -48,14 +45,8 @@ def _file_key(path: Path | str) -> tuple[str, int, int] | None:
     return str(p.resolve()), stat.st_size, stat.st_mtime_ns
 
 
-class MeasurementStore:
-    def __init__(self, db_path: Path | None = None) -> None:
-        self.db_path = db_path or paths.database_path()
-        with self._connect() as db:
-            db.executescript(SCHEMA)
-
-    def _connect(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return transaction(self.db_path)
+class MeasurementStore(Store):
+    schema = SCHEMA
 
     def save(self, result: EvalResult) -> None:
         """Store ``result``, replacing an earlier one for the same file, text, context and base."""

@@ -128,9 +128,9 @@ def read_only_table(columns: list[str], stretch_column: int = 0) -> QTableWidget
 
 
 def splitter(orientation: Qt.Orientation, *panes: QWidget, stretch: tuple[int, ...] = (),
-             sizes: tuple[int, ...] = ()) -> QSplitter:
-    """Panes side by side (or stacked) that the user resizes but never collapses: ``stretch`` is each pane's share
-    of extra room, ``sizes`` the starting sizes in pixels."""
+             sizes: tuple[int, ...] = (), collapsible: bool = False) -> QSplitter:
+    """Panes side by side (or stacked) that the user resizes (and collapses by dragging, if ``collapsible``):
+    ``stretch`` is each pane's share of extra room, ``sizes`` the starting sizes in pixels."""
     split = QSplitter(orientation)
     for pane in panes:
         split.addWidget(pane)
@@ -138,5 +138,5 @@ def splitter(orientation: Qt.Orientation, *panes: QWidget, stretch: tuple[int, .
         split.setStretchFactor(index, factor)
     if sizes:
         split.setSizes(list(sizes))
-    split.setChildrenCollapsible(False)
+    split.setChildrenCollapsible(collapsible)
     return split

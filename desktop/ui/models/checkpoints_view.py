@@ -17,9 +17,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.gguf.reader import format_parameters
-from desktop.jobs import JobError, format_bytes
+from desktop.jobs import JobError
 from desktop.library import CheckpointEntry, Library
+from desktop.ui.models.columns import model_cells
 from desktop.ui.widgets import note_label, read_only_table
 from desktop.workers import Job, JobManager
 
@@ -77,16 +77,7 @@ class CheckpointsView(QWidget):
         self.entries = entries
         self.table.setRowCount(len(entries))
         for row, entry in enumerate(entries):
-            values = [
-                entry.name,
-                entry.architecture,
-                format_parameters(entry.parameters),
-                entry.dtype,
-                f"{entry.context_length:,}" if entry.context_length else "–",
-                format_bytes(entry.size_bytes),
-                entry.source,
-            ]
-            for col, value in enumerate(values):
+            for col, value in enumerate([*model_cells(entry, entry.dtype), entry.source]):
                 item = QTableWidgetItem(value)
                 item.setToolTip(f"{entry.path}\nConvert and quantize it on the Quantize page.")
                 self.table.setItem(row, col, item)

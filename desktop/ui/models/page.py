@@ -14,7 +14,6 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QPushButton,
     QScrollArea,
-    QSplitter,
     QTabWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -25,9 +24,10 @@ from desktop.gguf.reader import format_parameters
 from desktop.jobs import JobError, format_bytes
 from desktop.library import CheckpointEntry, Library, ModelEntry, in_models_folder
 from desktop.ui.models.checkpoints_view import CheckpointsView
+from desktop.ui.models.columns import model_cells
 from desktop.ui.models.hub_panel import HubPanel
 from desktop.ui.page import Page
-from desktop.ui.widgets import Card, KeyValueGrid, note_label, read_only_table
+from desktop.ui.widgets import Card, KeyValueGrid, note_label, read_only_table, splitter
 from desktop.workers import Job, JobManager, LibraryWatcher
 
 LIBRARY_TAB, HUB_TAB = 0, 1
@@ -93,17 +93,13 @@ class ModelsPage(Page):
         self.details.body.addLayout(buttons)
         self.details.body.addStretch(1)
 
-        splitter = QSplitter(Qt.Orientation.Horizontal)
-        splitter.addWidget(self.table)
-        splitter.addWidget(self.details)
-        splitter.setStretchFactor(0, 3)
-        splitter.setStretchFactor(1, 2)
+        panes = splitter(Qt.Orientation.Horizontal, self.table, self.details, stretch=(3, 2), collapsible=True)
 
         library = QWidget()
         library_layout = QVBoxLayout(library)
         library_layout.setContentsMargins(0, 8, 0, 0)
         library_layout.addLayout(library_header)
-        library_layout.addWidget(splitter, 1)
+        library_layout.addWidget(panes, 1)
         self.checkpoints = CheckpointsView(jobs)
         self.checkpoints.sig_changed.connect(self.reload)
         library_layout.addWidget(self.checkpoints)
@@ -157,15 +153,7 @@ class ModelsPage(Page):
         self.table.setSortingEnabled(False)
         self.table.setRowCount(len(entries))
         for row, entry in enumerate(entries):
-            values = [
-                entry.name,
-                entry.architecture,
-                format_parameters(entry.parameters),
-                entry.quant_type,
-                f"{entry.context_length:,}" if entry.context_length else "–",
-                format_bytes(entry.size_bytes),
-            ]
-            for col, value in enumerate(values):
+            for col, value in enumerate(model_cells(entry, entry.quant_type)):
                 item = _SortItem(value, sort_key=_sort_key(entry, col))
                 item.setData(Qt.ItemDataRole.UserRole, entry.id)
                 if not entry.exists:
