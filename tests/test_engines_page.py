@@ -92,3 +92,28 @@ def test_cancel_stops_a_build_waiting_for_another_one(
         qtbot.waitUntil(lambda: card.status.text().startswith("Build cancelled"), timeout=15_000)
     assert not card.cancel_button.isEnabled() and card.build_vulkan.isEnabled()
     assert not os.path.exists(tmp_path / "cache" / toolchain.machine_tag() / f"vulkan-{engines.library_version()}")
+
+
+def test_choosing_an_engine_reads_the_engine_list_once(qtbot: QtBot, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A choice re-read the engine list twice (the card after its job, then the page's whole refresh, card included)."""
+    from desktop.ui.hardware.page import HardwarePage
+
+    real_describe = engines.describe_engines
+    calls: list[int] = []
+
+    def describe_engines(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real_describe(*args, **kwargs)
+
+    monkeypatch.setattr(engines, "describe_engines", describe_engines)
+    jobs = JobManager()
+    page = HardwarePage(jobs)
+    qtbot.addWidget(page)
+    page.refresh()
+    qtbot.waitUntil(lambda: page.report is not None and not jobs.active_jobs(), timeout=120_000)
+    assert calls == [1] and page.engine_card.choice.count() == 2
+    first_report = page.report
+    page.engine_card.choice.setCurrentIndex(page.engine_card.choice.findData("cpu"))
+    qtbot.waitUntil(lambda: page.report is not first_report and not jobs.active_jobs(), timeout=120_000)
+    assert calls == [1, 1]  # the hardware was read again (the device list is the engine's), the engine list once
+    assert jobs.stop_all(timeout_s=10)

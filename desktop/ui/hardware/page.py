@@ -74,7 +74,8 @@ class HardwarePage(QWidget):
         self.llama_card.body.addWidget(self.llama_grid)
 
         self.engine_card = EngineCard(jobs)
-        self.engine_card.sig_engine_changed.connect(self.refresh)  # the device list is the selected engine's
+        # the device list is the selected engine's; the card re-reads its own list after a choice or a test
+        self.engine_card.sig_engine_changed.connect(self.read_report)
 
         self.graph_card = Card("Live usage (last minute)")
         self.plot = pg.PlotWidget(background=self.palette().base().color())
@@ -120,9 +121,14 @@ class HardwarePage(QWidget):
     # ---- loading the static report (in a child process: the GUI never loads llama.cpp)
     @Slot()
     def refresh(self) -> None:
+        """F5: the engines and the hardware read again."""
+        self.engine_card.refresh()
+        self.read_report()
+
+    @Slot()
+    def read_report(self) -> None:
         self.status.setText("Reading this machine’s hardware…")
         self.refresh_button.setEnabled(False)
-        self.engine_card.refresh()
         job = Job(
             "Read hardware",
             lambda progress, cancelled: run_in_child(
