@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QComboBox,
     QFrame,
     QGridLayout,
+    QHBoxLayout,
     QHeaderView,
     QLabel,
     QProgressBar,
@@ -27,8 +32,7 @@ class Card(QFrame):
         outer = QVBoxLayout(self)
         outer.setContentsMargins(14, 12, 14, 12)
         outer.setSpacing(8)
-        self.title_label = QLabel(title)
-        self.title_label.setObjectName("cardTitle")
+        self.title_label = section_title(title)
         outer.addWidget(self.title_label)
         self.body = QVBoxLayout()
         self.body.setSpacing(6)
@@ -104,7 +108,15 @@ class UsageBar(QWidget):
         self.text.setText(text)
 
 
+def section_title(text: str) -> QLabel:
+    """A card's title, or the title of a section inside a card."""
+    label = QLabel(text)
+    label.setObjectName("cardTitle")
+    return label
+
+
 def note_label(text: str = "") -> QLabel:
+    """A word-wrapped note in the muted style."""
     label = QLabel(text)
     label.setObjectName("note")
     label.setWordWrap(True)
@@ -140,3 +152,25 @@ def splitter(orientation: Qt.Orientation, *panes: QWidget, stretch: tuple[int, .
         split.setSizes(list(sizes))
     split.setChildrenCollapsible(collapsible)
     return split
+
+
+def labelled_row(label: str, *widgets: QWidget, stretch: QWidget | None = None) -> QHBoxLayout:
+    """A row without margins: ``label`` then ``widgets``; ``stretch`` (one of them) takes the spare room, else
+    the room is left empty at the end."""
+    row = QHBoxLayout()
+    row.setContentsMargins(0, 0, 0, 0)
+    row.addWidget(QLabel(label))
+    for widget in widgets:
+        row.addWidget(widget, 1 if widget is stretch else 0)
+    if stretch is None:
+        row.addStretch(1)
+    return row
+
+
+def choice_combo(choices: Iterable[tuple[str, Any]], tip: str = "") -> QComboBox:
+    """A combo box of (text shown, value) choices; ``currentData()`` is the chosen value."""
+    combo = QComboBox()
+    for text, value in choices:
+        combo.addItem(text, value)
+    combo.setToolTip(tip)
+    return combo

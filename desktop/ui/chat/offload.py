@@ -21,6 +21,7 @@ from desktop.chat.templates import FALLBACK_TEMPLATES
 from desktop.errors import UserError
 from desktop.jobs import format_bytes
 from desktop.memory import DevicePlan, GpuBudget, HostBudget, Machine, ModelShape, OffloadPlan, PlanOptions
+from desktop.ui.widgets import choice_combo, note_label, section_title
 
 PARTS = (("weights", "Weights", "#2563eb"), ("kv_cache", "KV cache", "#10b981"), ("compute", "Compute", "#f59e0b"),
          ("overhead", "GPU overhead", "#a855f7"), ("margin", "Margin", "#9ca3af"))
@@ -114,21 +115,15 @@ class OffloadPanel(QWidget):
         self.context.setSuffix(" tokens")
         self.context.setToolTip("How much of the conversation the model sees at once (up to its trained length)")
         self.context.valueChanged.connect(self._replan)
-        self.context_note = QLabel()
-        self.context_note.setObjectName("note")
-        self.context_note.setWordWrap(True)
+        self.context_note = note_label()
 
-        self.kv_type = QComboBox()
-        for kind in memory.KV_CHOICES:
-            self.kv_type.addItem(KV_LABELS[kind], kind)
-        self.kv_type.setToolTip("How the KV cache is stored: q8_0 and q4_0 take less memory (they need flash "
-                                "attention) at a small cost in quality")
+        self.kv_type = choice_combo(((KV_LABELS[kind], kind) for kind in memory.KV_CHOICES),
+                                    "How the KV cache is stored: q8_0 and q4_0 take less memory (they need flash "
+                                    "attention) at a small cost in quality")
         self.kv_type.currentIndexChanged.connect(self._replan)
-        self.flash = QComboBox()
-        for choice in memory.FLASH_ATTN_CHOICES:
-            self.flash.addItem(FLASH_LABELS[choice], choice)
-        self.flash.setToolTip("Flash attention: smaller compute buffers; Auto follows llama.cpp (on for CPU, CUDA "
-                              "and Vulkan)")
+        self.flash = choice_combo(((FLASH_LABELS[choice], choice) for choice in memory.FLASH_ATTN_CHOICES),
+                                  "Flash attention: smaller compute buffers; Auto follows llama.cpp (on for CPU, "
+                                  "CUDA and Vulkan)")
         self.flash.currentIndexChanged.connect(self._replan)
 
         self.threads = QSpinBox()
@@ -145,9 +140,7 @@ class OffloadPanel(QWidget):
         self.template.setMinimumContentsLength(14)
         self.template.setToolTip("The chat template that turns messages into the prompt")
         self.template.currentIndexChanged.connect(self.sig_changed)
-        self.template_note = QLabel()
-        self.template_note.setObjectName("note")
-        self.template_note.setWordWrap(True)
+        self.template_note = note_label()
 
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(0, 0)
@@ -161,19 +154,14 @@ class OffloadPanel(QWidget):
         self.devices = QVBoxLayout()
         self.devices.setSpacing(8)
         self._rows: list[DeviceRow] = []
-        legend = QLabel(" ".join(f"<span style='color:{c}'>■</span> {label}" for _, label, c in PARTS)
-                        + " &nbsp;<b>|</b> memory free")
-        legend.setObjectName("note")
-        legend.setWordWrap(True)
+        legend = note_label(" ".join(f"<span style='color:{c}'>■</span> {label}" for _, label, c in PARTS)
+                            + " &nbsp;<b>|</b> memory free")
 
-        self.actual_title = QLabel("Predicted against actual (after loading)")
-        self.actual_title.setObjectName("cardTitle")
+        self.actual_title = section_title("Predicted against actual (after loading)")
         self.actual = QGridLayout()
         self.actual.setHorizontalSpacing(12)
         self.actual.setVerticalSpacing(2)
-        self.actual_note = QLabel("Load the model to compare the prediction with what llama.cpp allocates.")
-        self.actual_note.setObjectName("note")
-        self.actual_note.setWordWrap(True)
+        self.actual_note = note_label("Load the model to compare the prediction with what llama.cpp allocates.")
 
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)

@@ -26,7 +26,7 @@ from desktop.quant.imatrix import default_calibration_text
 from desktop.quant.types import GGML_TYPE_SIZES
 from desktop.quant.quantize import REQUANTIZE_WARNING, QuantizeOptions
 from desktop.quant.pipeline import parse_overrides
-from desktop.ui.widgets import note_label
+from desktop.ui.widgets import choice_combo, labelled_row, note_label
 
 # Tensor types offered for the output and embedding tensors (the sensible ones; overrides accept any).
 TENSOR_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q5_0", "Q4_0", "IQ4_NL", "IQ4_XS", "Q3_K", "Q2_K"]
@@ -55,13 +55,7 @@ class CalibrationPanel(QWidget):
         self.chunks.setSpecialValueText("all")
         self.chunks.setToolTip("How much of the text to use, in chunks of 512 tokens (“all” uses the whole text); "
                                "fewer chunks are faster and a little less precise")
-        row = QHBoxLayout()
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(QLabel("Calibration text:"))
-        row.addWidget(self.bundled)
-        row.addWidget(self.choose_button)
-        row.addWidget(self.clear_button)
-        row.addStretch(1)
+        row = labelled_row("Calibration text:", self.bundled, self.choose_button, self.clear_button)
         self.status = note_label()
         second = QHBoxLayout()
         second.setContentsMargins(0, 0, 0, 0)
@@ -174,11 +168,7 @@ class AdvancedOptions(QWidget):
         self.set_expanded(False)
 
     def _type_combo(self, tip: str) -> QComboBox:
-        combo = QComboBox()
-        combo.addItem(DEFAULT, None)
-        for name in TENSOR_TYPES:
-            combo.addItem(name, name)
-        combo.setToolTip(tip)
+        combo = choice_combo([(DEFAULT, None), *((name, name) for name in TENSOR_TYPES)], tip)
         combo.currentIndexChanged.connect(self.sig_changed)
         return combo
 
@@ -213,11 +203,7 @@ class OutputFolder(QWidget):
         self.edit.setToolTip("Where the GGUF files (and a converted checkpoint, and the importance matrix) are written")
         self.button = QPushButton("Choose…")
         self.button.clicked.connect(self.choose)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(QLabel("Output folder:"))
-        layout.addWidget(self.edit, 1)
-        layout.addWidget(self.button)
+        self.setLayout(labelled_row("Output folder:", self.edit, self.button, stretch=self.edit))
 
     def folder(self) -> Path:
         return Path(self.edit.text().strip()).expanduser()
