@@ -6,9 +6,11 @@ temp directory (never the real user's data folder, and not the per-test one eith
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,19 +20,26 @@ if TYPE_CHECKING:
 SHARED_HOME = Path(tempfile.gettempdir()) / "quantdesk-test-demo-model"
 
 
-@functools.lru_cache(maxsize=1)
-def demo_model_path() -> Path:
-    from desktop.demo_model import ensure_demo_model
-
+@contextlib.contextmanager
+def in_shared_home() -> Iterator[Path]:
+    """``QUANTDESK_HOME`` pointed at the shared test folder for the duration (bundled models unpack there once)."""
     previous = os.environ.get("QUANTDESK_HOME")
     os.environ["QUANTDESK_HOME"] = str(SHARED_HOME)
     try:
-        return Path(ensure_demo_model())
+        yield SHARED_HOME
     finally:
         if previous is None:
             os.environ.pop("QUANTDESK_HOME", None)
         else:
             os.environ["QUANTDESK_HOME"] = previous
+
+
+@functools.lru_cache(maxsize=1)
+def demo_model_path() -> Path:
+    from desktop.demo_model import ensure_demo_model
+
+    with in_shared_home():
+        return Path(ensure_demo_model())
 
 
 @functools.lru_cache(maxsize=1)

@@ -50,17 +50,10 @@ def instruct_model_path() -> Path:
     """The bundled instruct model (SmolLM2 135M Instruct), unpacked once into the shared test folder: it answers
     chat prompts under any server's chat formatting, where the base demo model often ends at once."""
     from desktop.chat_model import ensure_chat_model
-    from engine_helpers import SHARED_HOME
+    from engine_helpers import in_shared_home
 
-    previous = os.environ.get("QUANTDESK_HOME")
-    os.environ["QUANTDESK_HOME"] = str(SHARED_HOME)
-    try:
+    with in_shared_home():
         return Path(ensure_chat_model())
-    finally:
-        if previous is None:
-            os.environ.pop("QUANTDESK_HOME", None)
-        else:
-            os.environ["QUANTDESK_HOME"] = previous
 
 
 @functools.lru_cache(maxsize=1)
