@@ -37,3 +37,17 @@ def test_chat_cli_prints_the_reply_then_a_metrics_line(capsys: pytest.CaptureFix
 def test_chat_cli_reports_a_missing_model_in_a_sentence(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     assert cli.main(["chat", str(tmp_path / "nope.gguf"), "--prompt", "hi"]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_cli_uses_every_physical_core_and_the_window_keeps_one_free(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    import psutil
+
+    from desktop.chat.engine import Engine, LoadOptions
+
+    cores = psutil.cpu_count(logical=False) or 1
+    args = ["chat", str(demo_model_path()), "--prompt", "Hi", "--json", "--max-tokens", "1", "--ctx", "256"]
+    assert cli.main(args) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["n_threads"] == cores
+    with Engine(log_path=tmp_path / "e.log") as engine:  # the window leaves threads to the engine's default
+        loaded = engine.load_and_wait(LoadOptions(str(demo_model_path()), n_ctx=256))
+    assert loaded.data["metadata"]["n_threads"] == (cores - 1 if 1 < cores <= 8 else cores)
