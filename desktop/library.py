@@ -89,6 +89,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 
+_REFUSED_SNAPSHOTS: dict[str, tuple[int, str]] = {}
+"""Cached snapshots the converter refused: folder -> (its mtime_ns then, the sentence). The Models page syncs the
+cache at every library change; a refused snapshot is checked again only once its folder changed (a file added)."""
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     id: int
@@ -255,13 +260,24 @@ class Library(Store):
         skipped = []
         known = {str(e.path) for e in self.checkpoints()}
         for repo in cached_repos():
-            if repo.kind != "checkpoint" or os.path.abspath(repo.snapshot_dir) in known:
+            snapshot = os.path.abspath(repo.snapshot_dir)
+            if repo.kind != "checkpoint" or snapshot in known:
                 continue  # listed already: no change, no notification (the pages reload on one)
             try:
-                self.add_checkpoint(repo.snapshot_dir, source=f"Hugging Face: {repo.repo_id}",
+                stamp = os.stat(snapshot).st_mtime_ns
+            except OSError:
+                continue  # removed since the scan
+            refused = _REFUSED_SNAPSHOTS.get(snapshot)
+            if refused is not None and refused[0] == stamp:
+                skipped.append(refused[1])  # unchanged since it was refused: not read again at every reload
+                continue
+            try:
+                self.add_checkpoint(snapshot, source=f"Hugging Face: {repo.repo_id}",
                                     name=repo.repo_id.rsplit("/", 1)[-1])
             except UserError as exc:
-                skipped.append(f"{repo.repo_id}: {exc.message}")
+                sentence = f"{repo.repo_id}: {exc.message}"
+                _REFUSED_SNAPSHOTS[snapshot] = (stamp, sentence)
+                skipped.append(sentence)
         return skipped
 
 

@@ -63,3 +63,36 @@ def test_models_page_lists_checkpoints_and_adds_folders(qtbot: QtBot, tmp_path: 
     assert page.checkpoints.status.text().startswith("1 on this computer")
     page.checkpoints.table.selectRow(0)
     assert page.checkpoints.forget_button.isEnabled()
+
+
+def test_a_refused_cached_snapshot_is_not_read_again_until_it_changes(mock_hub: MockHub,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every library reload (one per change anywhere) re-read the config and safetensors headers of every cached
+    snapshot the converter had refused already."""
+    import os
+
+    import desktop.convert
+
+    mock_hub.add_repo("org/tiny-llama", checkpoint_files())
+    result = download(progress=lambda *a: None, cancelled=lambda: False, repo="org/tiny-llama")
+    mock_hub.stop()
+    snapshot = Path(result.snapshot_dir)
+    config = json.loads((snapshot / "config.json").read_text())
+    (snapshot / "config.json").unlink()  # a link to the blob; the blob itself is left alone
+    (snapshot / "config.json").write_text(json.dumps({**config, "architectures": ["MambaForCausalLM"],
+                                                      "model_type": "mamba"}))
+    real_inspect = desktop.convert.inspect_checkpoint
+    inspected: list[Path] = []
+
+    def inspect_checkpoint(folder, *args, **kwargs):  # type: ignore[no-untyped-def]
+        inspected.append(Path(folder))
+        return real_inspect(folder, *args, **kwargs)
+
+    monkeypatch.setattr(desktop.convert, "inspect_checkpoint", inspect_checkpoint)
+    first = Library().sync_hf_cache()
+    assert len(first) == 1 and first[0].startswith("org/tiny-llama: ") and "MambaForCausalLM" in first[0]
+    assert Library().sync_hf_cache() == first and inspected == [snapshot]
+    stamp = snapshot.stat().st_mtime_ns
+    os.utime(snapshot, ns=(stamp, stamp + 1_000_000_000))  # the folder changed (say, a file was added)
+    assert Library().sync_hf_cache() == first and inspected == [snapshot, snapshot]
+    assert Library().checkpoints() == []
