@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import shiboken6
+from PySide6.QtWidgets import QApplication, QLabel, QWidget
 from pytestqt.qtbot import QtBot
 
 from desktop.jobs import JobError
@@ -158,3 +160,31 @@ def test_a_job_reports_steps_with_one_eta_and_line(qtbot: QtBot) -> None:
         manager.start(job)
     assert lines[0].startswith("Q8_0 (1/2) · tensor 0") and lines[-1].startswith("Q4_K_M (2/2) · tensor 10")
     assert job.fraction() == 1.0 and job.progress.step == "Q4_K_M"
+
+
+def test_a_job_that_outlives_its_window_reports_to_nobody(qtbot: QtBot) -> None:
+    """A window deleted while its job runs (a test fixture, a crash path) must not get the job's late signals: their
+    slots are often lambdas touching the window's widgets, which Qt cannot disconnect; reaching them crashed a run."""
+    window = QWidget()
+    label = QLabel(window)
+    manager = JobManager(window)
+    release = threading.Event()
+    reached: list[object] = []
+
+    def work(progress, cancelled):  # type: ignore[no-untyped-def]
+        release.wait(10)
+        progress(1, 1, "late")
+        return "late result"
+
+    job = Job("outlives its window", work)
+    job.sig_progress.connect(lambda d, t, m: reached.append(m))
+    job.sig_result.connect(lambda r: (reached.append(r), label.setText(str(r))))
+    job.sig_finished.connect(lambda: reached.append("finished"))
+    manager.start(job)
+    release.set()
+    shiboken6.delete(window)  # at once: the manager's pool waits for the worker, whose signals are still queued
+    assert not shiboken6.isValid(manager) and job.wait(10)
+    for _ in range(5):
+        QApplication.processEvents()
+    assert reached == []
+    assert job.state is JobState.CANCELLED

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import shiboken6
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
 from desktop import process
@@ -88,6 +89,11 @@ class Job(QObject):
         self._relay.progress.connect(self._on_progress)
         self._relay.done.connect(self._on_done)
         self._last_key: tuple[str, int, int, str] | None = None
+        self._manager: QObject | None = None  # set by JobManager.start; the window that owns the manager owns us
+
+    def _orphaned(self) -> bool:
+        """The manager (and so the window whose widgets the receivers touch) was deleted while this job ran."""
+        return self._manager is not None and not shiboken6.isValid(self._manager)
 
     # ---- called from the GUI thread
     def cancel(self) -> None:
@@ -164,7 +170,7 @@ class Job(QObject):
     # ---- slots, in the GUI thread
     @Slot(object)
     def _on_progress(self, report: Progress) -> None:
-        if self._cancel.is_set() or not self.is_active():
+        if self._cancel.is_set() or not self.is_active() or self._orphaned():
             return  # late progress from a cancelled job never reaches the page
         if self.state is JobState.QUEUED:
             self.state = JobState.RUNNING
@@ -176,6 +182,12 @@ class Job(QObject):
 
     @Slot(str, object)
     def _on_done(self, outcome: str, payload: object) -> None:
+        if self._orphaned():
+            # Its window is gone: the slots connected to it (often lambdas, which Qt cannot disconnect when their
+            # widgets die) would touch deleted widgets. Nobody is left to tell.
+            self.state = JobState.CANCELLED
+            log.info("job %r finished after its window was gone", self.title)
+            return
         if outcome == "result":
             self.state = JobState.DONE
             self.sig_result.emit(payload)
@@ -217,6 +229,7 @@ class JobManager(QObject):
         # Not parented to the manager: a parent would keep every finished job (and its payload) alive for the
         # whole session. The list below holds a job while it runs and while it is shown as finished.
         self._jobs.append(job)
+        job._manager = self
         job.sig_state_changed.connect(self.sig_jobs_changed)
         job.sig_finished.connect(self._on_job_finished)  # not a lambda holding the job: it would never be freed
         job.state = JobState.RUNNING
