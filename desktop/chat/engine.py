@@ -1,5 +1,9 @@
 """The chat engine, parent side: a Qt-free client for the child process that runs llama.cpp.
 
+(Over 400 lines on purpose: :class:`Engine` is one state machine whose reader thread, stop watchdog, crash and restart
+handling share its state, and the protocol it speaks is documented here, next to it; the child's side is
+:mod:`desktop.chat.engine_child`.)
+
 The GUI never loads weights into its own process. :class:`Engine` starts ``desktop.chat.engine_child`` in a spawned
 child process and talks to it through two one-way pipes of tuples ``(kind, payload_dict)``.
 
