@@ -3,6 +3,7 @@ the library, the importance-matrix types, cancel, and a Hugging Face checkpoint 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from desktop.errors import UserError
 from desktop.fileio import PARTIAL_SUFFIX
 from desktop.jobs import format_bytes
 from desktop.library import Library
+from desktop.quant.pipeline import StepEvent
 from desktop.quant.types import IMATRIX_REASON, QUANT_TYPES
 from desktop.quant.sizing import bits_per_weight, predict_size, tensors_from_gguf
 from desktop.ui.quantize.page import QuantizePage
@@ -134,10 +136,24 @@ def test_cancel_leaves_no_partial_file(qtbot: QtBot, page: QuantizePage, tiny: P
     tick_only(page, *types)
     job = page.start()
     assert job is not None and page.cancel_button.isEnabled()
-    qtbot.waitUntil(lambda: page.queue.state("Q6_K") == "running" and "[" in page.queue.detail("Q6_K"),
-                    timeout=RUN_TIMEOUT)
-    with qtbot.waitSignal(page.sig_finished, timeout=60_000):
-        qtbot.mouseClick(page.cancel_button, Qt.MouseButton.LeftButton)
+    # Hold the worker thread at Q6_K's first per-tensor report until the click has landed: on a fast machine the
+    # whole queue otherwise finishes before the GUI shows Q6_K running (CI failed so, every type "done").
+    reached, clicked = threading.Event(), threading.Event()
+
+    def hold(event: object) -> None:  # runs in the worker thread (direct connection)
+        if isinstance(event, StepEvent) and event.key == "Q6_K" and "[" in event.detail and not reached.is_set():
+            reached.set()
+            clicked.wait(timeout=RUN_TIMEOUT / 1000)
+
+    assert page._relay is not None
+    page._relay.sig_event.connect(hold, Qt.ConnectionType.DirectConnection)
+    qtbot.waitUntil(lambda: reached.is_set() and page.queue.state("Q6_K") == "running", timeout=RUN_TIMEOUT)
+    try:
+        with qtbot.waitSignal(page.sig_finished, timeout=60_000):
+            qtbot.mouseClick(page.cancel_button, Qt.MouseButton.LeftButton)
+            clicked.set()
+    finally:
+        clicked.set()
     assert job.state is JobState.CANCELLED
     states = {k: page.queue.state(k) for k in page.queue.keys}
     assert "cancelled" in states.values() and "running" not in states.values() and "waiting" not in states.values()
