@@ -1,6 +1,6 @@
 """The chat engine's speed against llama.cpp's own llama-bench, built from the same vendored source.
 
-    python bench/chat.py [--threads N] [--runs 5] [--tokens 256] [--prompt 512] [--models demo,tiny] [--gui]
+    python bench/chat.py [--threads N] [--runs 7] [--tokens 256] [--tiny-tokens 1024] [--models demo,tiny] [--gui]
 
 For each model, the same threads, CPU repacking off and flash attention "auto" on every side:
 
@@ -16,9 +16,12 @@ Models: (a) the demo model (Gemma 3 270M Q4_K_M) and (b) the quantization tests'
 
 llama-bench is built once (CPU, ``-j2``, the ``llama-bench`` target only) from the llama-cpp-python sdist of the
 installed version, into ``~/.cache/quantdesk-bench`` (``QUANTDESK_BENCH_CACHE`` to move it); the bench says when it
-builds and where. Runs of the three sides alternate and each figure is a median (the per-run ratio's median and each side's best run,
-the closest to its speed on an idle machine, are printed too), so load from other programs hits
-them alike; run it on a machine as quiet as you can get. ``--gui`` adds the old measurement of the GUI thread's
+builds and where. Each run measures the three sides back to back, in an order that rotates from run to run, and the verdict is the
+median over runs of each run's ratio: on a shared virtual machine whose speed drifts by 10-20% within a minute, the
+sides of one run see the same machine, while medians taken side by side compare different moments. The ratio of the
+sides' medians and each side's best run (the closest to its speed on an idle machine) are printed too. The tiny model
+generates more tokens (``--tiny-tokens``): 256 of them take 70 ms, too short to time on a shared machine. Run it on a
+machine as quiet as you can get. ``--gui`` adds the old measurement of the GUI thread's
 longest stall while a reply streams into the Chat page (target < 30 ms).
 """
 
@@ -181,7 +184,8 @@ def measure(name: str, model: Path, binary: Path, args: argparse.Namespace) -> d
     from desktop.llama.params import patched_model_params
 
     messages = [{"role": "user", "content": "Count from 1 to 1000, separated by commas: 1, 2, 3,"}]
-    n_ctx = max(1024, args.prompt + 64, args.tokens + 128)
+    n_tokens = args.tiny_tokens if name.startswith("tiny") else args.tokens
+    n_ctx = max(1024, args.prompt + 64, n_tokens + 256)
     engine = Engine()
     loaded = engine.load_and_wait(LoadOptions(str(model), n_ctx=n_ctx, n_threads=args.threads, flash_attn="auto"))
     meta = loaded.data["metadata"]
@@ -203,43 +207,58 @@ def measure(name: str, model: Path, binary: Path, args: argparse.Namespace) -> d
     try:
         engine_generation(engine, messages, 16)  # warm-up
         bare_generation(llm, prompt, 16)
-        depth = len(prompt)
+        depth = engine_generation(engine, messages, 2)[2]  # the prompt as the engine decodes it
         for run in range(args.runs):
-            rate, count, depth = engine_generation(engine, messages, args.tokens)
-            engine_tg.append(rate)
-            bare_tg.append(bare_generation(llm, prompt, args.tokens))
-            bench_tg.append(llama_bench(binary, model, args.threads, n_gen=args.tokens, depth=depth, runs=1))
+            sides = [
+                lambda: engine_tg.append(engine_generation(engine, messages, n_tokens)[0]),
+                lambda: bare_tg.append(bare_generation(llm, prompt, n_tokens)),
+                lambda: bench_tg.append(llama_bench(binary, model, args.threads, n_gen=n_tokens, depth=depth, runs=1)),
+            ]
+            for k in range(3):  # engine first, then bare first, then llama-bench first, ...
+                sides[(run + k) % 3]()
+            bench_first = run % 2 == 1  # llama-bench's prompt length is the engine's from the run before
+            if bench_first:
+                bench_pp.append(llama_bench(binary, model, args.threads, n_prompt=pp_tokens[-1], runs=1))
             pp, n_pp, first = engine_prompt(engine, args.prompt_words, run)
             engine_pp.append(pp)
             pp_tokens.append(n_pp)
             ttft.append(first)
-            bench_pp.append(llama_bench(binary, model, args.threads, n_prompt=n_pp, runs=1))
+            if not bench_first:
+                bench_pp.append(llama_bench(binary, model, args.threads, n_prompt=n_pp, runs=1))
     finally:
         engine.close()
         llm.close()
     tg = {"engine": statistics.median(engine_tg), "bare": statistics.median(bare_tg),
           "llama_bench": statistics.median(bench_tg)}
+
+    def paired(ours: list[float], theirs: list[float]) -> float:
+        return round(statistics.median(a / b for a, b in zip(ours, theirs)), 3)
+
     return {
         "model": name,
         "path": str(model),
         "threads": args.threads,
-        "tokens": args.tokens,
+        "tokens": n_tokens,
         "depth": depth,
+        "runs": args.runs,
+        # the verdicts: each run measured the sides back to back, so their ratio is the least disturbed by the
+        # machine's drift; the median over runs
+        "tg_engine_vs_llama_bench": paired(engine_tg, bench_tg),
+        "tg_bare_vs_llama_bench": paired(bare_tg, bench_tg),
+        "tg_engine_vs_bare": paired(engine_tg, bare_tg),
+        "pp_engine_vs_llama_bench": paired(engine_pp, bench_pp),
         "tg_tok_s": {k: round(v, 1) for k, v in tg.items()},
-        "tg_engine_vs_llama_bench": round(tg["engine"] / tg["llama_bench"], 3),
-        # each run measured the three sides back to back: their ratio is the least disturbed by other programs
-        "tg_engine_vs_llama_bench_pairs": round(statistics.median(e / b for e, b in zip(engine_tg, bench_tg)), 3),
+        "tg_medians_engine_vs_llama_bench": round(tg["engine"] / tg["llama_bench"], 3),
         # other programs only ever slow a run down: each side's best run is the closest to its unloaded speed
         "tg_best_tok_s": {"engine": round(max(engine_tg), 1), "bare": round(max(bare_tg), 1),
                           "llama_bench": round(max(bench_tg), 1)},
         "tg_best_engine_vs_llama_bench": round(max(engine_tg) / max(bench_tg), 3),
-        "tg_bare_vs_llama_bench": round(tg["bare"] / tg["llama_bench"], 3),
         "tg_runs": {"engine": [round(r, 1) for r in engine_tg], "bare": [round(r, 1) for r in bare_tg],
                     "llama_bench": [round(r, 1) for r in bench_tg]},
         "prompt_tokens": int(statistics.median(pp_tokens)),
-        "pp_tok_s": {"engine": round(statistics.median(engine_pp), 1), "llama_bench": round(statistics.median(bench_pp), 1)},
-        "pp_engine_vs_llama_bench": round(statistics.median(engine_pp) / statistics.median(bench_pp), 3),
-        "pp_engine_vs_llama_bench_pairs": round(statistics.median(e / b for e, b in zip(engine_pp, bench_pp)), 3),
+        "pp_tok_s": {"engine": round(statistics.median(engine_pp), 1),
+                     "llama_bench": round(statistics.median(bench_pp), 1)},
+        "pp_medians_engine_vs_llama_bench": round(statistics.median(engine_pp) / statistics.median(bench_pp), 3),
         "pp_best_engine_vs_llama_bench": round(max(engine_pp) / max(bench_pp), 3),
         "pp_runs": {"engine": [round(r, 1) for r in engine_pp], "llama_bench": [round(r, 1) for r in bench_pp]},
         "ttft_s": round(statistics.median(ttft), 3),
@@ -250,14 +269,16 @@ def report(row: dict[str, Any]) -> None:
     tg, pp = row["tg_tok_s"], row["pp_tok_s"]
     ok_tg = "ok" if row["tg_engine_vs_llama_bench"] >= GEN_TARGET else "BELOW TARGET"
     ok_pp = "ok" if row["pp_engine_vs_llama_bench"] >= PROMPT_TARGET else "BELOW TARGET"
-    print(f"{row['model']}: {row['threads']} threads, {row['tokens']} tokens at depth {row['depth']}")
-    print(f"  generation  engine {tg['engine']} tok/s, llama-bench tg {tg['llama_bench']} tok/s: "
-          f"{row['tg_engine_vs_llama_bench']:.3f} (target >= {GEN_TARGET}; {ok_tg}); bare llama-cpp-python loop "
-          f"{tg['bare']} tok/s: {row['tg_bare_vs_llama_bench']:.3f}; median of per-run ratios engine/llama-bench "
-          f"{row['tg_engine_vs_llama_bench_pairs']:.3f}")
-    print(f"  prompt      engine {pp['engine']} tok/s, llama-bench pp{row['prompt_tokens']} {pp['llama_bench']} "
-          f"tok/s: {row['pp_engine_vs_llama_bench']:.3f} (target >= {PROMPT_TARGET}; {ok_pp}); median of per-run "
-          f"ratios {row['pp_engine_vs_llama_bench_pairs']:.3f}; time to first token {row['ttft_s']} s")
+    print(f"{row['model']}: {row['threads']} threads, {row['tokens']} tokens at depth {row['depth']}, "
+          f"{row['runs']} runs (ratios: median over runs of each run's ratio)")
+    print(f"  generation  engine/llama-bench {row['tg_engine_vs_llama_bench']:.3f} (target >= {GEN_TARGET}; {ok_tg}); "
+          f"bare llama-cpp-python loop/llama-bench {row['tg_bare_vs_llama_bench']:.3f}; engine/bare "
+          f"{row['tg_engine_vs_bare']:.3f}")
+    print(f"              medians: engine {tg['engine']}, llama-bench tg {tg['llama_bench']}, bare {tg['bare']} tok/s "
+          f"(ratio of medians {row['tg_medians_engine_vs_llama_bench']:.3f})")
+    print(f"  prompt      engine/llama-bench pp{row['prompt_tokens']} {row['pp_engine_vs_llama_bench']:.3f} (target >= "
+          f"{PROMPT_TARGET}; {ok_pp}); medians: engine {pp['engine']}, llama-bench {pp['llama_bench']} tok/s; time to "
+          f"first token {row['ttft_s']} s")
     best = row["tg_best_tok_s"]
     print(f"  best runs   generation engine {best['engine']}, llama-bench {best['llama_bench']}, bare {best['bare']} "
           f"tok/s: engine/llama-bench {row['tg_best_engine_vs_llama_bench']:.3f}; prompt engine/llama-bench "
@@ -271,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--threads", type=int, default=default_threads())
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--tokens", type=int, default=256, help="tokens generated per run (the demo model)")
+    parser.add_argument("--tiny-tokens", type=int, default=1024, help="tokens generated per run (the tiny model)")
     parser.add_argument("--prompt-words", type=int, default=200, help="words in the prompt test (~2 tokens each)")
     parser.add_argument("--models", default="demo,tiny")
     parser.add_argument("--json", action="store_true")

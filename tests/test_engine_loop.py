@@ -187,3 +187,66 @@ def test_a_follow_up_reuses_the_cached_prefix_and_sees_what_a_fresh_prompt_sees(
 def _log_softmax(x: Any) -> Any:
     x = x.astype(np.float64) - x.max()
     return x - np.log(np.exp(x).sum())
+
+
+def test_the_greedy_shortcut_picks_llama_cpps_greedy_token_ties_included(pair: tuple[LlamaSession, Any]) -> None:
+    """A plain greedy reply on a large vocabulary takes numpy's argmax of the logits instead of llama.cpp's sampler;
+    on the same logits both pick the same token, and of two equal highest logits both pick the lower id."""
+    import llama_cpp
+
+    from desktop.llama.generate import greedy_picker, sampler_chain
+
+    session, _ = pair
+    pick = greedy_picker(session)
+    if session.n_vocab < 4096:  # the tinyllama fixture's tokenizer: the sampler stays (the next test's case)
+        assert pick is None
+        return
+    assert pick is not None
+    session.clear()
+    session.decode_prompt(session.tokenize(PROMPT), 0, abortable=False)
+    chain = sampler_chain(SamplerSettings.greedy(), session.n_vocab)
+    try:
+        assert pick() == llama_cpp.llama_sampler_sample(chain, session.ctx, -1)
+        row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(session.ctx, -1), shape=(session.n_vocab,))
+        top = float(row.max())
+        row[[session.n_vocab - 3, 17]] = top + 1.0  # a tie between a high id and a low one
+        assert pick() == 17 == llama_cpp.llama_sampler_sample(chain, session.ctx, -1)
+    finally:
+        llama_cpp.llama_sampler_free(chain)
+    assert not SamplerSettings(temperature=0.0, repeat_penalty=1.1).is_plain_greedy()  # penalties keep the chain
+    assert SamplerSettings.greedy().is_plain_greedy()
+
+
+def test_a_small_vocabulary_keeps_llama_cpps_sampler_and_the_same_greedy_reply(tmp_path: Path) -> None:
+    """Under 4,096 tokens the sampler is cheaper than the numpy call, and the reply is still llama-cpp-python's."""
+    from desktop.llama.generate import greedy_picker
+    from quant_helpers import write_tiny_llama
+
+    path = write_tiny_llama(tmp_path / "tiny.gguf", n_layer=2)
+    with _session(path) as session:
+        assert session.n_vocab < 4096 and greedy_picker(session) is None
+        llm = _llama(path)
+        try:
+            prompt = session.tokenize("hello world")
+            ours = generate(session, prompt, SamplerSettings.greedy(), max_tokens=20, ignore_eog=True)
+            theirs = []
+            for token in llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+                theirs.append(token)
+                if len(theirs) == 20:
+                    break
+            assert ours.tokens == theirs
+        finally:
+            llm.close()
+
+
+def test_the_context_runs_on_persistent_thread_pools() -> None:
+    """Like llama-bench, the session attaches its own CPU thread pools (generation's, and the prompt's when its
+    thread count differs) instead of letting ggml make one per graph; a reply on them is the same reply."""
+    path = demo_model_path()
+    with LlamaSession(path, ContextOptions(n_ctx=N_CTX, threads=2, threads_batch=1, flash_attn=False)) as session:
+        assert session.pool_threads() == [2, 1]
+        pooled = generate(session, session.tokenize(PROMPT), SamplerSettings.greedy(), max_tokens=8, ignore_eog=True)
+    with _session(path) as session:
+        assert session.pool_threads() == [1]
+        assert generate(session, session.tokenize(PROMPT), SamplerSettings.greedy(), max_tokens=8,
+                        ignore_eog=True).tokens == pooled.tokens

@@ -1,7 +1,8 @@
 """The generation loop: llama.cpp samples, Python only moves each token's text along.
 
 One reused batch, one ``llama_decode`` per token, a sampler chain built once per reply and sampled by llama.cpp
-(``llama_sampler_sample`` also accepts the token into the chain). Per token, Python does what the token needs and
+(``llama_sampler_sample`` also accepts the token into the chain); a plain greedy reply on a large vocabulary takes
+numpy's argmax of the logits instead (:func:`greedy_picker`), the same token at a tenth of the cost. Per token, Python does what the token needs and
 nothing else: a cached piece lookup, the incremental UTF-8 decode, the stop-string check, a timestamp, two stores into
 the batch. Text reaches the caller in small batches (every ``flush_s`` seconds or ``flush_tokens`` tokens) with one
 ``perf_counter`` stamp per token, so a fast model is not slowed by one message per token.
@@ -26,6 +27,7 @@ from desktop.llama.session import LlamaSession
 DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed
 FLUSH_S = 0.015
 FLUSH_TOKENS = 64
+GREEDY_ARGMAX_MIN_VOCAB = 4096  # from here up, numpy's argmax beats llama.cpp's greedy sampler (see greedy_picker)
 
 _UNSEEN: Any = object()  # no piece looked up yet for this token
 OnText = Callable[[str, list[float]], None]  # (visible text, one stamp per token since the last call)
@@ -52,6 +54,11 @@ class SamplerSettings:
     @classmethod
     def greedy(cls) -> SamplerSettings:
         return cls(temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+
+    def is_plain_greedy(self) -> bool:
+        """Temperature 0 and no penalties: the reply is the highest logit at every step, with no state to keep."""
+        return (self.temperature == 0 and self.repeat_penalty == 1.0 and not self.frequency_penalty
+                and not self.presence_penalty)
 
 
 def sampler_chain(settings: SamplerSettings, n_vocab: int) -> Any:
@@ -82,6 +89,31 @@ def sampler_chain(settings: SamplerSettings, n_vocab: int) -> Any:
         add(llama_cpp.llama_sampler_init_temp(settings.temperature))
         add(llama_cpp.llama_sampler_init_dist(seed))
     return chain
+
+
+def greedy_picker(session: LlamaSession) -> Callable[[], int] | None:
+    """For a plain greedy reply on a large vocabulary, the highest logit found by numpy over llama.cpp's logits
+    (about 30 us for 262k tokens, where llama.cpp's sampler first copies every logit into a candidate array:
+    about 480 us, a token's worth of decode on a fast GPU). Ties go to the lowest id, as in llama.cpp's greedy
+    sampler. None for a small vocabulary, where the sampler is cheaper than the numpy call."""
+    if session.n_vocab < GREEDY_ARGMAX_MIN_VOCAB:
+        return None
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+
+    row_type = ctypes.c_float * session.n_vocab
+    logits_of, ctx, as_address = llama_cpp.llama_get_logits_ith, session.ctx, ctypes.c_void_p
+    argmax, frombuffer, float32 = np.argmax, np.frombuffer, np.float32
+
+    def pick() -> int:
+        row = ctypes.cast(logits_of(ctx, -1), as_address).value
+        if not row:
+            raise RuntimeError("llama.cpp returned no logits for the last token")
+        return int(argmax(frombuffer(row_type.from_address(row), dtype=float32)))
+
+    return pick
 
 
 class StopMatcher:
@@ -184,6 +216,7 @@ def generate(
         return result
 
     chain = sampler_chain(settings, session.n_vocab)
+    pick = greedy_picker(session) if settings.is_plain_greedy() else None
     matcher = StopMatcher(stops)
     utf8 = codecs.getincrementaldecoder("utf-8")("replace")
     parts: list[str] = []
@@ -202,7 +235,7 @@ def generate(
     finish = "length"
     try:
         while len(tokens) < max_tokens:
-            token = sample(chain, ctx, -1)
+            token = pick() if pick is not None else sample(chain, ctx, -1)
             stamp = now()
             piece = pieces.get(token, _UNSEEN)
             if piece is _UNSEEN:

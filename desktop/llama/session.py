@@ -4,7 +4,8 @@ The chat engine, the evaluation and the importance-matrix collection all run on 
 parameters from :mod:`desktop.llama.params` (CPU repacking off unless asked for), a context described by
 :class:`ContextOptions`, one batch allocated once and reused for every decode, tokenizing and token pieces, and
 llama.cpp's abort callback switched on only for the decodes that can take long (a prompt, a chunk), because it is a
-Python call on every graph node.
+Python call on every graph node. Like llama.cpp's own tools, it attaches persistent CPU thread pools
+(:mod:`desktop.llama.threadpool`) instead of letting ggml make one per graph.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from desktop.errors import Cancelled, UserError
 from desktop.llama.log import llama_log
 from desktop.llama.params import model_params
+from desktop.llama.threadpool import attach_threadpools
 
 KV_TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30, "iq4_nl": 20}
 SMALL_MACHINE_CORES = 8  # up to this many physical cores, the window leaves one free for itself
@@ -120,6 +122,7 @@ class LlamaSession:
         self._model: Any = None
         self._ctx: Any = None
         self._batch: Any = None
+        self._threadpools: Any = None
         self._pieces: dict[int, bytes] = {}
         self.history: list[int] = []  # the tokens in the KV cache, position 0 on (kept by whoever decodes)
         self.load_cancelled = False
@@ -164,6 +167,7 @@ class LlamaSession:
             self.n_ctx = int(llama_cpp.llama_n_ctx(self._ctx))
             self.n_batch = int(llama_cpp.llama_n_batch(self._ctx))
             self.threads = int(llama_cpp.llama_n_threads(self._ctx))
+            self._threadpools = attach_threadpools(self._ctx, self.threads, int(llama_cpp.llama_n_threads_batch(self._ctx)))
             self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
             self.eos = int(llama_cpp.llama_vocab_eos(self.vocab))
             self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
@@ -190,9 +194,14 @@ class LlamaSession:
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
+        if self._threadpools is not None:
+            self._threadpools.detach()  # the context must not keep pointing at pools freed below
         if self._ctx:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
+        if self._threadpools is not None:
+            self._threadpools.free()
+            self._threadpools = None
         if self._model:
             llama_cpp.llama_model_free(self._model)
             self._model = None
@@ -214,6 +223,11 @@ class LlamaSession:
     @property
     def batch(self) -> Any:
         return self._batch
+
+    def pool_threads(self) -> list[int]:
+        """The threads of the persistent CPU pools attached to the context, generation's first ([] when the build
+        offers none)."""
+        return list(self._threadpools.threads) if self._threadpools is not None else []
 
     # -- the model ------------------------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
