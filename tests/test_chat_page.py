@@ -190,6 +190,30 @@ def test_killing_the_engine_mid_reply_is_survived_and_retried_in_safe_mode(qtbot
     assert [t.role for t in page.turns] == ["user", "assistant"] and len(page.transcript.bubbles) == 2
 
 
+def test_an_engine_that_hangs_is_restarted_and_the_page_shows_the_model_coming_back(qtbot: QtBot, page: ChatPage) -> None:
+    """Stop on an engine that cannot answer (SIGSTOP): the page says so, shows the reload as work in progress, and
+    the model is ready again on a fresh engine without the user doing anything."""
+    page.settings.max_tokens.setValue(300)
+    statuses: list[str] = []
+    show_status = page.set_status
+    page.set_status = lambda text: (statuses.append(text), show_status(text))  # type: ignore[method-assign]
+    page.send("Count from 1 to 500, separated by commas: 1, 2, 3,")
+    qtbot.waitUntil(lambda: page.reply is not None and len(page.reply.stamps) >= 2, timeout=LONG)
+    stuck = page.worker.pid
+    assert stuck is not None
+    os.kill(stuck, signal.SIGSTOP)
+    restarted = _record(page.worker.sig_restarted)
+    qtbot.mouseClick(page.stop_button, Qt.MouseButton.LeftButton)
+
+    qtbot.waitUntil(lambda: bool(restarted), timeout=60_000)
+    assert restarted[0][1] is True  # reloading the model
+    assert page.notice.isVisible() and "did not answer Stop" in page.notice.label.text()
+    assert any(t == "Restarted the chat engine; loading gemma-3-270m-q4_k_m.gguf again…" for t in statuses), statuses
+    qtbot.waitUntil(lambda: page.load_button.text() == "Loaded" and not page.is_running(), timeout=LONG)
+    assert page.worker.pid not in (None, stuck) and statuses[-1].startswith("Loaded ")
+    assert page.send_button.isEnabled() and not page.stop_button.isEnabled()
+
+
 def test_a_conversation_that_outgrows_the_context_asks_before_dropping_turns(qtbot: QtBot, page: ChatPage) -> None:
     page.offload.context.setValue(256)
     page.settings.max_tokens.setValue(16)

@@ -155,7 +155,8 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
         for signal, slot in ((worker.sig_load_progress, self._on_load_progress), (worker.sig_loaded, self._on_loaded),
                              (worker.sig_load_cancelled, self._on_load_cancelled),
                              (worker.sig_prompt_started, self._on_prompt_started), (worker.sig_tokens, self._on_tokens),
-                             (worker.sig_reply_done, self._on_reply_done), (worker.sig_error, self._on_error)):
+                             (worker.sig_reply_done, self._on_reply_done), (worker.sig_error, self._on_error),
+                             (worker.sig_restarted, self._on_restarted)):
             signal.connect(only_current(slot))
 
     # ---- the session's state, under the names the page has always had
@@ -316,6 +317,17 @@ class ChatPage(ModelMixin, HistoryMixin, Page):
             if request == "load":
                 self.set_status("The model did not load.")
             self.notice.show_notice("error", error.sentence())
+        self._update_controls()
+
+    @Slot(str, bool)
+    def _on_restarted(self, _request_id: str, reloading: bool) -> None:
+        """The engine did not answer Stop and was replaced (its "unresponsive" notice is already up); the model
+        comes back on its own, so the page shows the reload instead of looking idle with nothing loaded."""
+        if reloading and self.worker.last_load is not None:
+            self.set_running(True)
+            self.set_status(f"Restarted the chat engine; loading {Path(self.worker.last_load.path).name} again…")
+        else:
+            self.set_status("Restarted the chat engine. Load a model to go on.")
         self._update_controls()
 
     @Slot()
