@@ -16,10 +16,11 @@ Models: (a) the demo model (Gemma 3 270M Q4_K_M) and (b) the quantization tests'
 
 llama-bench is built once (CPU, ``-j2``, the ``llama-bench`` target only) from the llama-cpp-python sdist of the
 installed version, into ``~/.cache/quantdesk-bench`` (``QUANTDESK_BENCH_CACHE`` to move it); the bench says when it
-builds and where. Each run measures the three sides back to back, in an order that rotates from run to run, and the verdict is the
-median over runs of each run's ratio: on a shared virtual machine whose speed drifts by 10-20% within a minute, the
+builds and where. Each run measures the three sides back to back (and llama-bench a second time, as a control), in an order that
+rotates from run to run, and the verdict is the median over runs of each run's ratio: on a shared virtual machine whose speed drifts by 10-20% within a minute, the
 sides of one run see the same machine, while medians taken side by side compare different moments. The ratio of the
-sides' medians and each side's best run (the closest to its speed on an idle machine) are printed too. The tiny model
+sides' medians and each side's best run (the closest to its speed on an idle machine) are printed too, and so is
+the control: llama-bench against itself, whose spread is how close this machine can tell two speeds apart. The tiny model
 generates more tokens (``--tiny-tokens``): 256 of them take 70 ms, too short to time on a shared machine. Run it on a
 machine as quiet as you can get. ``--gui`` adds the old measurement of the GUI thread's
 longest stall while a reply streams into the Chat page (target < 30 ms).
@@ -200,6 +201,7 @@ def measure(name: str, model: Path, binary: Path, args: argparse.Namespace) -> d
     engine_tg: list[float] = []
     bare_tg: list[float] = []
     bench_tg: list[float] = []
+    control_tg: list[float] = []  # llama-bench measured a second time in the same run: the machine's noise floor
     engine_pp: list[float] = []
     bench_pp: list[float] = []
     ttft: list[float] = []
@@ -213,9 +215,11 @@ def measure(name: str, model: Path, binary: Path, args: argparse.Namespace) -> d
                 lambda: engine_tg.append(engine_generation(engine, messages, n_tokens)[0]),
                 lambda: bare_tg.append(bare_generation(llm, prompt, n_tokens)),
                 lambda: bench_tg.append(llama_bench(binary, model, args.threads, n_gen=n_tokens, depth=depth, runs=1)),
+                lambda: control_tg.append(llama_bench(binary, model, args.threads, n_gen=n_tokens, depth=depth,
+                                                      runs=1)),
             ]
-            for k in range(3):  # engine first, then bare first, then llama-bench first, ...
-                sides[(run + k) % 3]()
+            for k in range(len(sides)):  # engine first, then bare first, then llama-bench first, ...
+                sides[(run + k) % len(sides)]()
             bench_first = run % 2 == 1  # llama-bench's prompt length is the engine's from the run before
             if bench_first:
                 bench_pp.append(llama_bench(binary, model, args.threads, n_prompt=pp_tokens[-1], runs=1))
@@ -234,6 +238,13 @@ def measure(name: str, model: Path, binary: Path, args: argparse.Namespace) -> d
     def paired(ours: list[float], theirs: list[float]) -> float:
         return round(statistics.median(a / b for a, b in zip(ours, theirs)), 3)
 
+    def middle_half(ours: list[float], theirs: list[float]) -> list[float]:
+        ratios = sorted(a / b for a, b in zip(ours, theirs))
+        if len(ratios) < 4:
+            return [round(ratios[0], 3), round(ratios[-1], 3)]
+        quartiles = statistics.quantiles(ratios, n=4)
+        return [round(quartiles[0], 3), round(quartiles[2], 3)]
+
     return {
         "model": name,
         "path": str(model),
@@ -247,6 +258,11 @@ def measure(name: str, model: Path, binary: Path, args: argparse.Namespace) -> d
         "tg_bare_vs_llama_bench": paired(bare_tg, bench_tg),
         "tg_engine_vs_bare": paired(engine_tg, bare_tg),
         "pp_engine_vs_llama_bench": paired(engine_pp, bench_pp),
+        # the spread of those per-run ratios (their middle half), and llama-bench against itself: a ratio closer to
+        # 1 than this control's spread is as close as this machine can tell
+        "tg_engine_vs_llama_bench_middle_half": middle_half(engine_tg, bench_tg),
+        "tg_control_llama_bench_vs_itself": paired(control_tg, bench_tg),
+        "tg_control_middle_half": middle_half(control_tg, bench_tg),
         "tg_tok_s": {k: round(v, 1) for k, v in tg.items()},
         "tg_medians_engine_vs_llama_bench": round(tg["engine"] / tg["llama_bench"], 3),
         # other programs only ever slow a run down: each side's best run is the closest to its unloaded speed
@@ -254,7 +270,7 @@ def measure(name: str, model: Path, binary: Path, args: argparse.Namespace) -> d
                           "llama_bench": round(max(bench_tg), 1)},
         "tg_best_engine_vs_llama_bench": round(max(engine_tg) / max(bench_tg), 3),
         "tg_runs": {"engine": [round(r, 1) for r in engine_tg], "bare": [round(r, 1) for r in bare_tg],
-                    "llama_bench": [round(r, 1) for r in bench_tg]},
+                    "llama_bench": [round(r, 1) for r in bench_tg], "llama_bench_again": [round(r, 1) for r in control_tg]},
         "prompt_tokens": int(statistics.median(pp_tokens)),
         "pp_tok_s": {"engine": round(statistics.median(engine_pp), 1),
                      "llama_bench": round(statistics.median(bench_pp), 1)},
@@ -274,6 +290,9 @@ def report(row: dict[str, Any]) -> None:
     print(f"  generation  engine/llama-bench {row['tg_engine_vs_llama_bench']:.3f} (target >= {GEN_TARGET}; {ok_tg}); "
           f"bare llama-cpp-python loop/llama-bench {row['tg_bare_vs_llama_bench']:.3f}; engine/bare "
           f"{row['tg_engine_vs_bare']:.3f}")
+    print(f"              spread: engine/llama-bench middle half of runs {row['tg_engine_vs_llama_bench_middle_half']}; "
+          f"noise floor: llama-bench against itself {row['tg_control_llama_bench_vs_itself']:.3f}, middle half "
+          f"{row['tg_control_middle_half']}")
     print(f"              medians: engine {tg['engine']}, llama-bench tg {tg['llama_bench']}, bare {tg['bare']} tok/s "
           f"(ratio of medians {row['tg_medians_engine_vs_llama_bench']:.3f})")
     print(f"  prompt      engine/llama-bench pp{row['prompt_tokens']} {row['pp_engine_vs_llama_bench']:.3f} (target >= "
@@ -292,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--threads", type=int, default=default_threads())
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--tokens", type=int, default=256, help="tokens generated per run (the demo model)")
     parser.add_argument("--tiny-tokens", type=int, default=1024, help="tokens generated per run (the tiny model)")
     parser.add_argument("--prompt-words", type=int, default=200, help="words in the prompt test (~2 tokens each)")
