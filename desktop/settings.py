@@ -49,3 +49,14 @@ def models_dir() -> Path:
     path = Path(chosen) if chosen else paths.default_models_dir()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def remember_models_dir(folder: Path | str, *, progress: object = None, cancelled: object = None) -> bool:
+    """Keep ``folder`` as the folder GGUF outputs go to (the Quantize page's output folder, Compare's quants);
+    a job function, so that the window does not write on its thread. False when it was the setting already."""
+    current = load_settings()
+    chosen = str(Path(folder).expanduser())
+    if current.models_dir == chosen or (not current.models_dir and Path(chosen) == paths.default_models_dir()):
+        return False
+    save_settings(dataclasses.replace(current, models_dir=chosen))
+    return True

@@ -15,6 +15,7 @@ from desktop.errors import UserError
 from desktop.fileio import PARTIAL_SUFFIX
 from desktop.jobs import format_bytes
 from desktop.library import Library
+from desktop.settings import load_settings
 from desktop.quant.pipeline import StepEvent
 from desktop.quant.types import IMATRIX_REASON, QUANT_TYPES
 from desktop.quant.sizing import bits_per_weight, predict_size, tensors_from_gguf
@@ -91,6 +92,13 @@ def test_gguf_source_two_types_end_to_end(qtbot: QtBot, page: QuantizePage, tiny
     entries = {e.path.name: e for e in Library().models()}
     assert entries["tiny-Q4_K_M.gguf"].quant_type == "Q4_K_M" and entries["tiny-Q8_0.gguf"].quant_type == "Q8_0"
     assert not page.cancel_button.isEnabled() and page.start_button.isEnabled()
+    # the folder of the run is remembered: the next window's Quantize page starts there
+    qtbot.waitUntil(lambda: load_settings().models_dir == str(out), timeout=10_000)
+    jobs = JobManager()
+    again = QuantizePage(jobs)
+    qtbot.addWidget(again)
+    assert again.output.folder() == out
+    assert jobs.stop_all(timeout_s=10)
 
 
 def test_imatrix_types_need_a_calibration_text(qtbot: QtBot, page: QuantizePage, tiny: Path, tmp_path: Path) -> None:

@@ -103,6 +103,7 @@ class QuantizePage(Page):
         panes = splitter(Qt.Orientation.Horizontal, targets, right, stretch=(3, 2), sizes=(540, 460))
 
         self.output = OutputFolder(settings.models_dir())
+        self._remembered_folder = self.output.folder()
         self.sig_start.connect(self.start)
         self.sig_cancel.connect(self.cancel)
         self.body.addWidget(source_card)
@@ -279,9 +280,18 @@ class QuantizePage(Page):
         job.sig_finished.connect(self._on_finished)
         self.run_job = job
         self._jobs.start(job)
+        self._remember_folder(request.out_dir)
         self._update_start()
         self.status.setText(f"Running: {', '.join(steps)} → {request.out_dir}")
         return job
+
+    def _remember_folder(self, folder: Path) -> None:
+        """A run in another output folder makes it the models folder for the next start (and Compare's quants)."""
+        if folder == self._remembered_folder:
+            return
+        self._remembered_folder = folder
+        self._jobs.start(Job("Remember the output folder", functools.partial(settings.remember_models_dir, folder),
+                             visible=False))
 
     @Slot()
     def cancel(self) -> None:
