@@ -16,14 +16,15 @@ Models: (a) the demo model (Gemma 3 270M Q4_K_M) and (b) the quantization tests'
 
 llama-bench is built once (CPU, ``-j2``, the ``llama-bench`` target only) from the llama-cpp-python sdist of the
 installed version, into ``~/.cache/quantdesk-bench`` (``QUANTDESK_BENCH_CACHE`` to move it); the bench says when it
-builds and where. Each run measures the three sides back to back (and llama-bench a second time, as a control), in an order that
-rotates from run to run, and the verdict is the median over runs of each run's ratio: on a shared virtual machine whose speed drifts by 10-20% within a minute, the
-sides of one run see the same machine, while medians taken side by side compare different moments. The ratio of the
-sides' medians and each side's best run (the closest to its speed on an idle machine) are printed too, and so is
-the control: llama-bench against itself, whose spread is how close this machine can tell two speeds apart. The tiny model
-generates more tokens (``--tiny-tokens``): 256 of them take 70 ms, too short to time on a shared machine. Run it on a
-machine as quiet as you can get. ``--gui`` adds the old measurement of the GUI thread's
-longest stall while a reply streams into the Chat page (target < 30 ms).
+builds and where. Each run measures the three sides back to back (and llama-bench a second time, as a control), in
+an order that rotates from run to run, and the verdict is the median over runs of each run's ratio: on a shared
+virtual machine whose speed drifts by 10-20% within a minute, the sides of one run see the same machine, while
+medians taken side by side compare different moments. The ratio of the sides' medians and each side's best run (the
+closest to its speed on an idle machine) are printed too, and so is the control: llama-bench against itself, whose
+spread is how close this machine can tell two speeds apart. The tiny model generates more tokens
+(``--tiny-tokens``): 256 of them take 70 ms, too short to time on a shared machine. Run it on a machine as quiet as
+you can get. ``--gui`` adds the old measurement of the GUI thread's longest stall while a reply streams into the
+Chat page (target < 30 ms).
 """
 
 from __future__ import annotations

@@ -190,7 +190,8 @@ def test_killing_the_engine_mid_reply_is_survived_and_retried_in_safe_mode(qtbot
     assert [t.role for t in page.turns] == ["user", "assistant"] and len(page.transcript.bubbles) == 2
 
 
-def test_an_engine_that_hangs_is_restarted_and_the_page_shows_the_model_coming_back(qtbot: QtBot, page: ChatPage) -> None:
+def test_an_engine_that_hangs_is_restarted_and_the_page_shows_the_model_coming_back(qtbot: QtBot,
+                                                                                     page: ChatPage) -> None:
     """Stop on an engine that cannot answer (SIGSTOP): the page says so, shows the reload as work in progress, and
     the model is ready again on a fresh engine without the user doing anything."""
     page.settings.max_tokens.setValue(300)

@@ -2,10 +2,11 @@
 
 One reused batch, one ``llama_decode`` per token, a sampler chain built once per reply and sampled by llama.cpp
 (``llama_sampler_sample`` also accepts the token into the chain); a plain greedy reply on a large vocabulary takes
-numpy's argmax of the logits instead (:func:`greedy_picker`), the same token at a tenth of the cost. Per token, Python does what the token needs and
-nothing else: a cached piece lookup, the incremental UTF-8 decode, the stop-string check, a timestamp, two stores into
-the batch. Text reaches the caller in small batches (every ``flush_s`` seconds or ``flush_tokens`` tokens) with one
-``perf_counter`` stamp per token, so a fast model is not slowed by one message per token.
+numpy's argmax of the logits instead (:func:`greedy_picker`), the same token at a tenth of the cost. Per token,
+Python does what the token needs and nothing else: a cached piece lookup, the incremental UTF-8 decode, the
+stop-string check, a timestamp, two stores into the batch. Text reaches the caller in small batches (every
+``flush_s`` seconds or ``flush_tokens`` tokens) with one ``perf_counter`` stamp per token, so a fast model is not
+slowed by one message per token.
 
 The chain mirrors llama-cpp-python's ``Llama`` sampling (penalties over the last 64 tokens, then greedy for
 temperature 0, else top-k, typical, top-p, min-p, temperature and the seeded distribution), so a greedy reply here is
@@ -111,7 +112,7 @@ def greedy_picker(session: LlamaSession) -> Callable[[], int] | None:
         row = ctypes.cast(logits_of(ctx, -1), as_address).value
         if not row:
             raise RuntimeError("llama.cpp returned no logits for the last token")
-        return int(argmax(frombuffer(row_type.from_address(row), dtype=float32)))
+        return int(argmax(frombuffer(row_type.from_address(row), dtype=float32)))  # type: ignore[call-overload]
 
     return pick
 
