@@ -174,3 +174,14 @@ def test_the_hub_row_of_a_gguf_is_the_plan_of_that_file_once_downloaded(mock_hub
     assert (row.fit.where, row.fit.needed_bytes, row.kv_bytes) == (local.where, local.needed_bytes, local.kv_bytes)
     assert row.fit.plan.gpus[0].breakdown == local.plan.gpus[0].breakdown
     assert row.size_bytes > row.fit.plan.host.breakdown.weights  # the file's header is not weights
+
+
+def test_parameter_counts_read_the_same_in_the_hardware_sentence_and_the_library() -> None:
+    """One formatter for parameter counts: the Hardware page's "what fits" said 13B where the Models table said 13.0B."""
+    from desktop.gguf.reader import format_parameters
+
+    assert [format_parameters(n) for n in (135_000_000, 1_240_000_000, 13_000_000_000, 70_600_000_000)] == \
+        ["135M", "1.2B", "13B", "71B"]
+    machine = memory.Machine((), memory.HostBudget(available_bytes=48 * GB, total_bytes=64 * GB), cpu_cores=8)
+    largest = memory.largest_model(machine, on_gpu=False)
+    assert f"up to about a {format_parameters(int(largest))} model at Q4_K_M" in memory.what_fits(machine, on_gpu=False)

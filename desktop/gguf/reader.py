@@ -67,6 +67,9 @@ class GGUFInfo:
 
 
 def format_parameters(n: int) -> str:
+    """A parameter count as people write it: 135M, 1.2B, 13B (every page and sentence uses this one)."""
+    if n >= 10e9:
+        return f"{n / 1e9:.0f}B"
     if n >= 1e9:
         return f"{n / 1e9:.1f}B"
     if n >= 1e6:

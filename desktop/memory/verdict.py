@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from desktop.gguf.reader import format_parameters
 from desktop.jobs import format_bytes
 from desktop.memory.machine import Machine
 from desktop.memory.planner import HostBudget, OffloadPlan, PlanOptions, evaluate, plan_offload
@@ -157,7 +158,7 @@ def what_fits(machine: Machine, *, on_gpu: bool, n_ctx: int = 4096) -> str:
 
 
 def _params(n: float) -> str:
-    return f"{n / 1e9:.0f}B" if n >= 10e9 else f"{n / 1e9:.1f}B"
+    return format_parameters(int(n))
 
 
 def _rate(tokens_per_s: float) -> str:
