@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hmac
-import ipaddress
 import json
 import logging
 import queue
@@ -59,12 +58,12 @@ from desktop.chat import openai_api as api
 from desktop.chat.engine import EngineEvent, ReplyMetrics
 from desktop.chat.turns import EngineTurns
 from desktop.errors import UserError
+from desktop.netloc import is_loopback
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ChatServer", "ServeEvent", "ServeLimits", "is_loopback", "log_line"]
 
@@ -85,15 +84,6 @@ class ServeEvent:
     @property
     def request_id(self) -> str:
         return str(self.data.get("request_id", ""))
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def log_line(event: ServeEvent) -> str:

@@ -12,13 +12,13 @@ fails with a sentence that says so and reading returns None.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from desktop.errors import UserError
+from desktop.netloc import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +60,10 @@ def keyring_problem(backend: Any = None) -> str:
     return ""
 
 
-def is_local_host(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def can_carry_token(hub_endpoint: str) -> bool:
     """https, or http to this computer only: a token never crosses a network in clear text."""
     parts = urlsplit(hub_endpoint)
-    return parts.scheme == "https" or (parts.scheme == "http" and is_local_host(parts.hostname or ""))
+    return parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname or ""))
 
 
 def token_for(hub_endpoint: str, explicit: str | None = None) -> str | Literal[False]:
