@@ -11,6 +11,7 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 from desktop import APP_NAME, __version__, paths, resources
+from desktop.workers.collector import install_gui_thread_collector
 
 
 def _setup_logging() -> None:
@@ -55,6 +56,7 @@ def run_app(argv: list[str] | None = None) -> int:
     _setup_logging()
     start_housekeeping()
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
+    install_gui_thread_collector(app)  # Qt objects in garbage cycles are freed on this thread, never a worker's
     app.setApplicationName(APP_NAME)
     app.setApplicationVersion(__version__)
     app.setOrganizationName(APP_NAME)
@@ -74,6 +76,7 @@ def selfcheck() -> dict[str, object]:
     from desktop.ui.theme import apply_theme
 
     app = QApplication.instance() or QApplication(["quantdesk", "-platform", "offscreen"])
+    install_gui_thread_collector(app)
     apply_theme(app)  # type: ignore[arg-type]
     window = MainWindow(start_background=False)
     icon = QImage(str(resources.path("icons/chat.svg")))  # needs Qt's SVG image plugin

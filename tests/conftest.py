@@ -89,3 +89,23 @@ def vulkan_engine(vulkan_engine_session: Path, isolated_home: Path) -> object:
     engine = load_engine(target)
     assert engine is not None
     return engine
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gui_thread_collector(qapp):  # type: ignore[no-untyped-def]
+    """As in the app: cycles (and the Qt objects in them) are collected on the GUI thread only, never on a job's
+    worker thread (a full run once hung in a worker's QObject destructor, see desktop/workers/collector.py)."""
+    from desktop.workers.collector import install_gui_thread_collector
+
+    collector = install_gui_thread_collector(qapp)
+    yield collector
+    collector.stop()
+
+
+@pytest.fixture(autouse=True)
+def collect_after_each_test(gui_thread_collector):  # type: ignore[no-untyped-def]
+    """Tests without an event loop never let the collector's timer run: collect on this (the GUI) thread after each."""
+    yield
+    import gc
+
+    gc.collect()

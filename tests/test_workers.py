@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import shiboken6
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication, QLabel, QWidget
 from pytestqt.qtbot import QtBot
 
@@ -140,9 +141,37 @@ def test_finished_jobs_are_freed(qtbot: QtBot) -> None:
     with qtbot.waitSignal(second.sig_finished, timeout=10_000):
         manager.start(second)
     del first
-    gc.collect()
-    assert ref() is None
+    qtbot.waitUntil(lambda: gc.collect() >= 0 and ref() is None, timeout=5_000)  # once its pool thread let go
     assert manager.jobs() == [second]
+
+
+def test_a_job_is_freed_on_the_gui_thread_even_when_its_pool_thread_lets_go_last(
+    qtbot: QtBot, monkeypatch  # type: ignore[no-untyped-def]
+) -> None:
+    """A pool thread that is slow to return after the job finished must not drop the last reference: Qt objects
+    (the job, and what its function holds) may only be deleted on their own thread."""
+    import time
+
+    run_job = Job._run
+
+    def slow_to_let_go(self: Job) -> None:
+        run_job(self)
+        time.sleep(0.3)  # the GUI sees "finished" and forgets the job meanwhile
+
+    monkeypatch.setattr(Job, "_run", slow_to_let_go)
+    manager = JobManager()
+    destroyed_on: list[str] = []
+    first = Job("first", lambda progress, cancelled: None)
+    first.destroyed.connect(lambda: destroyed_on.append(threading.current_thread().name),
+                            Qt.ConnectionType.DirectConnection)
+    with qtbot.waitSignal(first.sig_finished, timeout=10_000):
+        manager.start(first)
+    second = Job("second", lambda progress, cancelled: None)
+    with qtbot.waitSignal(second.sig_finished, timeout=10_000):
+        manager.start(second)  # its end makes the manager forget the first
+    del first
+    qtbot.waitUntil(lambda: bool(destroyed_on), timeout=5_000)
+    assert destroyed_on == [threading.main_thread().name]
 
 
 def test_a_job_reports_steps_with_one_eta_and_line(qtbot: QtBot) -> None:

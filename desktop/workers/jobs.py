@@ -203,14 +203,35 @@ class Job(QObject):
         self.sig_finished.emit()
 
 
+class _Released(QObject):
+    """Lives on the GUI thread: a worker says here that it holds no reference to its job any more."""
+
+    sig_released = Signal(object)
+
+
 class _Runnable(QRunnable):
-    def __init__(self, job: Job) -> None:
+    """Runs a job on a pool thread. The manager keeps the job alive until this has let go of it, so the last
+    reference to a job (a QObject, and whatever its function holds: pages, workers) is never dropped on the pool
+    thread, where Qt must not delete it."""
+
+    def __init__(self, job: Job, released: _Released) -> None:
         super().__init__()
-        self.job = job
+        self.job: Job | None = job
+        self.key = id(job)
+        self.released = released
         self.setAutoDelete(True)
 
     def run(self) -> None:
-        self.job._run()
+        job, self.job = self.job, None
+        try:
+            if job is not None:
+                job._run()
+        finally:
+            del job
+            try:
+                self.released.sig_released.emit(self.key)
+            except RuntimeError:  # the manager (and its window) is gone: nobody holds the job any more
+                pass
 
 
 class JobManager(QObject):
@@ -224,6 +245,9 @@ class JobManager(QObject):
         self._pool = QThreadPool(self)
         self._pool.setMaxThreadCount(max_threads)
         self._jobs: list[Job] = []
+        self._in_pool: dict[int, Job] = {}  # held until the pool thread has let go (see _Runnable)
+        self._released = _Released(self)
+        self._released.sig_released.connect(self._on_released)
 
     def start(self, job: Job) -> Job:
         # Not parented to the manager: a parent would keep every finished job (and its payload) alive for the
@@ -233,7 +257,8 @@ class JobManager(QObject):
         job.sig_state_changed.connect(self.sig_jobs_changed)
         job.sig_finished.connect(self._on_job_finished)  # not a lambda holding the job: it would never be freed
         job.state = JobState.RUNNING
-        self._pool.start(_Runnable(job))
+        self._in_pool[id(job)] = job
+        self._pool.start(_Runnable(job, self._released))
         self.sig_jobs_changed.emit()
         return job
 
@@ -245,6 +270,10 @@ class JobManager(QObject):
 
     def active_jobs(self) -> list[Job]:
         return [j for j in self._jobs if j.is_active()]
+
+    @Slot(object)
+    def _on_released(self, key: int) -> None:
+        self._in_pool.pop(key, None)  # on the GUI thread: if this was the last reference, the job is freed here
 
     @Slot()
     def _on_job_finished(self) -> None:
