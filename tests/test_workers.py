@@ -150,13 +150,12 @@ def test_a_job_is_freed_on_the_gui_thread_even_when_its_pool_thread_lets_go_last
 ) -> None:
     """A pool thread that is slow to return after the job finished must not drop the last reference: Qt objects
     (the job, and what its function holds) may only be deleted on their own thread."""
-    import time
-
     run_job = Job._run
+    let_go = threading.Event()
 
     def slow_to_let_go(self: Job) -> None:
-        run_job(self)
-        time.sleep(0.3)  # the GUI sees "finished" and forgets the job meanwhile
+        run_job(self)  # the job has finished and said so
+        let_go.wait(timeout=10)  # but its pool thread holds on until the GUI has forgotten the job
 
     monkeypatch.setattr(Job, "_run", slow_to_let_go)
     manager = JobManager()
@@ -170,6 +169,7 @@ def test_a_job_is_freed_on_the_gui_thread_even_when_its_pool_thread_lets_go_last
     with qtbot.waitSignal(second.sig_finished, timeout=10_000):
         manager.start(second)  # its end makes the manager forget the first
     del first
+    let_go.set()
     qtbot.waitUntil(lambda: bool(destroyed_on), timeout=5_000)
     assert destroyed_on == [threading.main_thread().name]
 
