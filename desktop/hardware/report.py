@@ -308,24 +308,9 @@ def collect_nvidia(nvml: ModuleType | None = None) -> tuple[list[GpuInfo], str]:
 
 
 def _ggml_library() -> Any:
-    from llama_cpp._ctypes_extensions import load_shared_library
+    from desktop.llama.ggml import ggml
 
-    lib = load_shared_library("ggml", loaded_library_dir())  # the selected engine's, not always pip's
-    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
-    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
-    for fn in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
-        getattr(lib, fn).argtypes = [ctypes.c_void_p]
-        getattr(lib, fn).restype = ctypes.c_char_p
-    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-    lib.ggml_backend_dev_type.restype = ctypes.c_int
-    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
-    lib.ggml_backend_dev_memory.restype = None
-    lib.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
-    lib.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
-    lib.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
-    lib.ggml_backend_reg_name.restype = ctypes.c_char_p
-    return lib
+    return ggml()  # the selected engine's libggml, not always pip's
 
 
 def parse_system_info(text: str) -> list[str]:

@@ -4,9 +4,8 @@ Without one, ggml makes a throw-away thread pool for every graph it computes: on
 clang, or a build made so) that starts and joins the worker threads once per generated token, a cost llama-bench
 never pays. With OpenMP (pip's Linux and Windows builds) the pool only carries the polling setting, and attaching it
 costs nothing. The pool's functions live in the CPU backend; like llama-bench, they are looked up through ggml's
-backend registry, in the libraries this process loaded (the selected engine's, see
-:func:`desktop.llama.engines.loaded_library_dir`). Anything missing means no pool, never an error: generation
-works without one, only slower.
+backend registry, in the libraries this process loaded (:mod:`desktop.llama.ggml`). Anything missing means no pool,
+never an error: generation works without one, only slower.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 GGML_MAX_N_THREADS = 512
-CPU_DEVICE_TYPE = 0  # GGML_BACKEND_DEVICE_TYPE_CPU
 
 
 class ThreadpoolParams(ctypes.Structure):
@@ -73,19 +71,10 @@ def attach_threadpools(ctx: Any, n_threads: int, n_threads_batch: int) -> Thread
 
 def _attach(ctx: Any, n_threads: int, n_threads_batch: int) -> Threadpools | None:
     import llama_cpp
-    from llama_cpp._ctypes_extensions import load_shared_library
 
-    from desktop.llama.engines import loaded_library_dir
+    from desktop.llama.ggml import cpu_backend_function, ggml_base
 
-    folder = loaded_library_dir()
-    ggml = load_shared_library("ggml", folder)
-    base = load_shared_library("ggml-base", folder)
-    ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
-    ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
-    ggml.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
-    ggml.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
-    ggml.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    ggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    base = ggml_base()
     base.ggml_threadpool_params_init.argtypes = [ctypes.POINTER(ThreadpoolParams), ctypes.c_int]
     base.ggml_threadpool_params_init.restype = None
     lib = llama_cpp.llama_cpp._lib
@@ -94,10 +83,8 @@ def _attach(ctx: Any, n_threads: int, n_threads_batch: int) -> Threadpools | Non
     lib.llama_detach_threadpool.argtypes = [ctypes.c_void_p]
     lib.llama_detach_threadpool.restype = None
 
-    device = ggml.ggml_backend_dev_by_type(CPU_DEVICE_TYPE)
-    reg = ggml.ggml_backend_dev_backend_reg(device) if device else None
-    new_addr = ggml.ggml_backend_reg_get_proc_address(reg, b"ggml_threadpool_new") if reg else None
-    free_addr = ggml.ggml_backend_reg_get_proc_address(reg, b"ggml_threadpool_free") if reg else None
+    new_addr = cpu_backend_function("ggml_threadpool_new")
+    free_addr = cpu_backend_function("ggml_threadpool_free")
     if not new_addr or not free_addr:
         log.info("this build's CPU backend offers no thread pool")
         return None

@@ -48,11 +48,9 @@ class _Ggml:
     """The few ggml functions the collector needs, from libggml-base."""
 
     def __init__(self) -> None:
-        from llama_cpp import _ctypes_extensions
+        from desktop.llama.ggml import ggml_base
 
-        from desktop.llama.engines import loaded_library_dir
-
-        self.lib = _ctypes_extensions.load_shared_library("ggml-base", loaded_library_dir())  # the engine's copy
+        self.lib = ggml_base()  # the engine's copy
         self.lib.ggml_op_name.restype = ctypes.c_char_p
         self.lib.ggml_op_name.argtypes = [ctypes.c_int]
         self.lib.ggml_backend_buffer_is_host.restype = ctypes.c_bool
