@@ -15,7 +15,10 @@ Inside a child, the one way llama.cpp is opened and run (none of these imports l
 * ``params``: model params with CPU repacking off (the AMX/repack path segfaults on Q4_K here), and
   ``patched_model_params`` for code that must use ``Llama()``;
 * ``log``: ``llama_log``, the process-wide llama.cpp log callback (capture, listeners, last errors);
-* ``generate``: the lean generation loop that chat and the evaluation's speed measurement share.
+* ``generate``: the lean generation loop that chat and the evaluation's speed measurement share;
+* ``threadpool``: persistent CPU thread pools attached to every context, as llama.cpp's own tools do;
+* ``ggml``: ggml's C API beyond llama-cpp-python's bindings (backend registry, ggml-base), opened from the
+  selected engine's libraries.
 
 Nothing is imported here: desktop.process reads ``engines`` when it starts a child, and importing the heavier
 modules from this package file would tie process start-up to the chat engine.
