@@ -265,6 +265,8 @@ def run_in_child(
     if progress is not None:
         progress = with_fields(progress)
     try:
+        if cancelled is not None and cancelled():
+            raise Cancelled()  # cancelled before it began: a quick job would otherwise finish before it saw the cancel
         if child.target is None and child.process.pid is not None:
             child.assign(target, kwargs or {})
         else:

@@ -175,3 +175,17 @@ def test_a_child_that_dies_with_unread_messages_is_not_an_internal_error(tmp_pat
     with pytest.raises(Cancelled):
         run_in_child("child_jobs:die_with_unread_cancel", progress=lambda d, t, m: seen.append(m),
                      cancelled=lambda: bool(seen), grace_s=30, log_path=tmp_path / "child.log")
+
+
+def test_a_job_cancelled_before_it_starts_never_starts(tmp_path: Path) -> None:
+    """A quick job started after the cancel would finish before it saw it (CI's fast machine quantized every type
+    of a cancelled queue so): it is not started at all, and a warm child given to it is closed."""
+    from desktop.process import ChildProcess
+
+    marker = tmp_path / "ran"
+    with pytest.raises(Cancelled):
+        run_in_child("child_jobs:count", {"n": 3}, cancelled=lambda: True, cleanup=[marker])
+    warm = ChildProcess.warm(("json",))
+    with pytest.raises(Cancelled):
+        run_in_child("child_jobs:count", {"n": 3}, cancelled=lambda: True, child=warm)
+    assert not warm.process.is_alive() and live_children() == []

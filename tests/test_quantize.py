@@ -243,3 +243,17 @@ def test_an_output_differing_from_the_source_only_in_case_gets_another_name(tmp_
     source = write_tiny_llama(tmp_path / "tiny-q8_0.gguf")
     [task] = plan_quantization(source, ["Q8_0"])
     assert task.output == tmp_path / "tiny-Q8_0-2.gguf"
+
+
+def test_types_after_a_cancel_never_start(tiny2: Path, tmp_path: Path) -> None:
+    """Cancel lands while one type is being written: that file stays (it was finished), and no later type starts,
+    however quickly it would run (each starts a child; a quick one finished before it read the cancel)."""
+    from desktop.errors import Cancelled
+
+    out = tmp_path / "out"
+    done: list[str] = []
+    with pytest.raises(Cancelled):
+        quantize_many(tiny2, ["Q8_0", "Q6_K", "Q4_K_M", "Q2_K"], out, QuantizeOptions(), progress=lambda *a, **k: None,
+                      cancelled=lambda: bool(done), on_result=lambda r: done.append(r.quant_type), register=False)
+    assert done == ["Q8_0"]
+    assert sorted(p.name for p in out.iterdir()) == ["tiny-Q8_0.gguf"]

@@ -136,16 +136,24 @@ def test_imatrix_types_need_a_calibration_text(qtbot: QtBot, page: QuantizePage,
     assert page.status.text() == "IQ2_XXS needs an importance matrix. Choose a calibration text first."
 
 
-def test_cancel_leaves_no_partial_file(qtbot: QtBot, page: QuantizePage, tiny: Path, tmp_path: Path) -> None:
-    choose(qtbot, page, tiny)
-    # Enough types that the queue is still busy when the click arrives: each takes well under a second here.
+@pytest.fixture(scope="module")
+def slower(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Big enough (27M parameters) that a type takes a good fraction of a second even on a fast machine: the
+    quantize child runs on while the test clicks, and must not finish the whole queue in that moment."""
+    return write_tiny_llama(tmp_path_factory.mktemp("page-slow") / "tiny-F16.gguf", n_layer=8, embd=512, ff=1536)
+
+
+def test_cancel_leaves_no_partial_file(qtbot: QtBot, page: QuantizePage, slower: Path, tmp_path: Path) -> None:
+    choose(qtbot, page, slower)
     types = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q5_0", "Q5_1", "Q4_0", "Q4_1", "IQ4_NL", "IQ4_XS",
              "Q4_K_S", "Q5_K_S", "Q3_K_L", "Q3_K_S", "Q2_K"]
     tick_only(page, *types)
     job = page.start()
     assert job is not None and page.cancel_button.isEnabled()
-    # Hold the worker thread at Q6_K's first per-tensor report until the click has landed: on a fast machine the
-    # whole queue otherwise finishes before the GUI shows Q6_K running (CI failed so, every type "done").
+    # Hold the worker thread at Q6_K's first per-tensor report until the click has landed, so the click meets Q6_K
+    # running (its child quantizes on meanwhile, hence the slower model). CI's fast machine once showed every type
+    # "done" after a cancel: each later type's child started anyway and finished before it read the cancel; the
+    # queue now starts nothing after a cancel (test_quantize, test_process).
     reached, clicked = threading.Event(), threading.Event()
 
     def hold(event: object) -> None:  # runs in the worker thread (direct connection)

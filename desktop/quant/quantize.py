@@ -340,6 +340,8 @@ def quantize_many(
     unused: Any = warm  # the warm child runs the first task that runs; closed here if none does
     try:
         for index, task in enumerate(tasks):
+            if cancelled():
+                raise Cancelled()  # the types after a cancel never start, however quick they would be
             name = task.quant.name
             if skip is not None and skip(name):
                 continue
