@@ -109,6 +109,30 @@ def test_stop_matcher_releases_held_text_that_was_not_a_stop() -> None:
     assert StopMatcher([]).feed("anything") == "anything"
 
 
+
+def test_stop_matcher_shows_exactly_the_text_before_the_first_stop_however_it_is_cut() -> None:
+    """Streamed in random pieces, the text shown is the text up to the first stop string, never a character of the
+    stop itself; with no stop in the text, everything is shown once flushed."""
+    import random
+
+    rng = random.Random(7)
+    stops = ["<|im_end|>", "<end>", "\nUser:", "x"]
+    for _ in range(400):
+        text = "".join(rng.choice(["a", "b", " ", "<", "|", "im", "_end", "|>", "<end", ">", "\n", "Us", "er:", "x"])
+                       for _ in range(rng.randint(0, 30)))
+        chosen = rng.sample(stops, rng.randint(0, 3))
+        firsts = [i for i in (text.find(s) for s in chosen) if i >= 0]
+        expected = text[: min(firsts)] if firsts else text
+        m = StopMatcher(chosen)
+        shown, i = [], 0
+        while i < len(text):
+            step = rng.randint(1, 4)
+            shown.append(m.feed(text[i : i + step]))
+            i += step
+        shown.append(m.flush())
+        assert "".join(shown) == expected, (text, chosen)
+        assert m.stopped == bool(firsts)
+
 def _count_words(messages: list[dict[str, str]]) -> int:
     return sum(len(m["content"].split()) for m in messages)
 

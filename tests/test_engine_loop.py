@@ -155,6 +155,31 @@ def test_batches_keep_every_token_its_stamp_and_the_text(pair: tuple[LlamaSessio
     assert "".join(text for text, _ in batches) == result.text
 
 
+
+def test_no_garbage_collection_runs_between_two_tokens(pair: tuple[LlamaSession, Any]) -> None:
+    """A full collection in a child that imported numpy and jinja2 takes ~20 ms, a dozen tokens on a GPU: the loop
+    pauses automatic collection while it runs and restores the caller's setting after, even when it stops early."""
+    import gc
+
+    session, _ = pair
+    prompt = session.tokenize(PROMPT)
+    was_enabled = gc.isenabled()  # the test session runs collections from a GUI-thread timer instead (conftest)
+    seen: list[bool] = []
+    try:
+        gc.enable()
+        generate(session, prompt, SamplerSettings.greedy(), max_tokens=6, ignore_eog=True, flush_s=0.0,
+                 on_text=lambda text, stamps: seen.append(gc.isenabled()))
+        assert seen and not any(seen)
+        assert gc.isenabled()
+        generate(session, prompt, SamplerSettings.greedy(), max_tokens=6, ignore_eog=True,
+                 should_stop=lambda: len(seen) > 8, on_text=lambda text, stamps: seen.append(gc.isenabled()))
+        assert gc.isenabled()
+        gc.disable()
+        generate(session, prompt, SamplerSettings.greedy(), max_tokens=3, ignore_eog=True)
+        assert not gc.isenabled()  # a caller that collects on its own keeps doing so
+    finally:
+        (gc.enable if was_enabled else gc.disable)()
+
 def _last_logits(session: LlamaSession) -> Any:
     import llama_cpp
 
