@@ -66,6 +66,7 @@ def test_load_reports_progress_metadata_and_memory(loaded: dict[str, object], in
     assert meta["architecture"] == "gemma3" and meta["n_ctx"] == N_CTX and meta["n_layer"] == 18
     # the demo GGUF carries no chat template, so the one for its architecture is used
     assert meta["template"] == "gemma" and meta["template_from_model"] is False and meta["cpu_repack"] is False
+    assert (meta["token_loop"], meta["token_loop_note"]) == ("native", "")  # built at load, with the C compiler here
     memory = event.data["memory"]
     assert memory["gpus"] == [] and memory["model_size"] > 100_000_000
 

@@ -72,6 +72,8 @@ def test_greedy_reply_is_llama_cpp_pythons_completion_token_for_token(pair: tupl
     ours = generate(session, prompt, SamplerSettings.greedy(), max_tokens=40)
     theirs = _reference_tokens(llm, prompt, 40, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
     assert ours.tokens == theirs and len(ours.tokens) >= 5
+    python_loop = generate(session, prompt, SamplerSettings.greedy(), max_tokens=40, native=False)
+    assert (python_loop.tokens, python_loop.text, python_loop.finish) == (ours.tokens, ours.text, ours.finish)
     assert ours.finish == ("length" if len(theirs) == 40 else "stop")
     completion = llm.create_completion(prompt, max_tokens=40, temperature=0.0, top_k=1, top_p=1.0, min_p=0.0,
                                        repeat_penalty=1.0)
@@ -133,14 +135,48 @@ def test_stop_lands_before_the_next_decode(pair: tuple[LlamaSession, Any]) -> No
         return len(asked) > 3  # the first ask is before the prompt; then one before each token's decode
 
     result = generate(session, prompt, SamplerSettings.greedy(), max_tokens=40, ignore_eog=True,
-                      should_stop=stop_on_third_ask)
+                      should_stop=stop_on_third_ask, native=False)  # the Python loop asks before every decode
     assert result.finish == "stopped" and len(result.tokens) == 3
     # a consumer that asks to stop once it has seen 3 tokens gets at most the one being decoded on top
-    seen: list[float] = []
-    result = generate(session, prompt, SamplerSettings.greedy(), max_tokens=40, ignore_eog=True,
-                      should_stop=lambda: len(seen) >= 3, on_text=lambda text, stamps: seen.extend(stamps),
-                      flush_s=0.0)
-    assert result.finish == "stopped" and 3 <= len(result.tokens) <= 4
+    for native in (True, False):
+        seen: list[float] = []
+        result = generate(session, prompt, SamplerSettings.greedy(), max_tokens=40, ignore_eog=True,
+                          should_stop=lambda: len(seen) >= 3, on_text=lambda text, stamps: seen.extend(stamps),
+                          flush_s=0.0, native=native)
+        assert result.finish == "stopped" and 3 <= len(result.tokens) <= 4
+
+
+def test_a_stop_from_another_thread_lands_within_one_token_of_the_native_loop() -> None:
+    """The engine's request reader sets the stop flag while the native loop is inside a long chunk, with no Python
+    running between tokens: the loop reads the flag before each decode, so at most one token is picked after it."""
+    import ctypes
+    import threading
+    import time
+
+    from desktop.llama.native import native_loop
+
+    assert native_loop() is not None, "the native loop should build here (a C compiler is installed)"
+    flag = ctypes.c_int32(0)
+    set_at: list[float] = []
+    started = threading.Event()
+
+    def stop_soon() -> None:
+        started.wait(10)
+        threading.Event().wait(0.05)  # into the chunk
+        set_at.append(time.perf_counter())
+        flag.value = 1
+
+    with LlamaSession(demo_model_path(), ContextOptions(n_ctx=N_CTX, threads=1, flash_attn=False)) as session:
+        prompt = session.tokenize(PROMPT)
+        stopper = threading.Thread(target=stop_soon)
+        stopper.start()
+        result = generate(session, prompt, SamplerSettings.greedy(), max_tokens=N_CTX - len(prompt) - 1,
+                          ignore_eog=True, stop_flag=flag, flush_s=3600, flush_tokens=10**6,
+                          on_text=lambda text, stamps: started.set())
+        stopper.join()
+        assert result.finish == "stopped" and len(result.tokens) < N_CTX - len(prompt) - 1
+        assert sum(1 for stamp in result.stamps if stamp > set_at[0]) <= 1
+        assert session.history[: len(prompt)] == prompt and len(session.history) == len(prompt) + len(result.tokens) - 1
 
 
 def test_batches_keep_every_token_its_stamp_and_the_text(pair: tuple[LlamaSession, Any]) -> None:
@@ -242,6 +278,58 @@ def test_the_greedy_shortcut_picks_llama_cpps_greedy_token_ties_included(pair: t
     assert SamplerSettings.greedy().is_plain_greedy()
 
 
+
+def test_the_native_greedy_pick_is_the_highest_logit_and_the_lowest_id_of_a_tie(pair: tuple[LlamaSession, Any]) -> None:
+    """The native loop's own argmax (eight lanes, then the rest) against numpy's, which keeps the first of equal
+    maxima, as llama.cpp's greedy sampler does: ties inside one lane, across lanes, in the first eight and the last."""
+    import ctypes
+
+    from desktop.llama.native import CHUNK, native_loop
+
+    loop = native_loop()
+    assert loop is not None
+    session, _ = pair
+    session.clear()
+    session.decode_prompt(session.tokenize(PROMPT), 0, abortable=False)
+    import llama_cpp
+
+    row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(session.ctx, -1), shape=(session.n_vocab,))
+    original = row.copy()
+    params = loop.params(session, None, argmax=True, check_eog=False, pos=len(session.history),
+                         stop_flag=ctypes.c_int32(0))
+    picked, stamps = (ctypes.c_int32 * 1)(), (ctypes.c_double * 1)()
+    n = session.n_vocab
+    rng = np.random.default_rng(3)
+    ties = [[25, 17], [17, n - 3], [5, 0], [n - 1, n - 9], [7, 8], [n - 1]]
+    ties += [list(rng.choice(n, size=int(rng.integers(2, 6)), replace=False)) for _ in range(20)]
+    try:
+        assert loop.run(params, -1, 1, picked, stamps)[:3] == (1, CHUNK, 0)
+        assert picked[0] == int(np.argmax(original))
+        for ids in ties:
+            row[:] = original
+            row[ids] = original.max() + 1.0
+            assert loop.run(params, -1, 1, picked, stamps)[:3] == (1, CHUNK, 0)  # one pick, nothing decoded
+            assert picked[0] == min(ids) == int(np.argmax(row)), ids
+    finally:
+        row[:] = original
+
+
+def test_without_a_compiler_the_native_loop_says_why_and_leaves_nothing(tmp_path: Path, monkeypatch: Any) -> None:
+    """No compiler, or one that fails: a sentence saying so, no file left behind; generation then takes the Python
+    loop (the greedy test above shows both loops give the same reply)."""
+    from desktop.llama import native
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("CC", raising=False)
+    reason = native.compile_loop(tmp_path / "out" / native.LIB_NAME)
+    assert "no C compiler" in reason
+    failing = tmp_path / "cc"
+    failing.write_text("#!/bin/sh\necho 'cc: error: out of cheese' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    reason = native.compile_loop(tmp_path / "out" / native.LIB_NAME, [str(failing)])
+    assert "exited with 1" in reason and "out of cheese" in reason
+    assert list((tmp_path / "out").iterdir()) == []
+
 def test_a_small_vocabulary_keeps_llama_cpps_sampler_and_the_same_greedy_reply(tmp_path: Path) -> None:
     """Under 4,096 tokens the sampler is cheaper than the numpy call, and the reply is still llama-cpp-python's."""
     from desktop.llama.generate import greedy_picker
@@ -275,3 +363,36 @@ def test_the_context_runs_on_persistent_thread_pools() -> None:
         assert session.pool_threads() == [1]
         assert generate(session, session.tokenize(PROMPT), SamplerSettings.greedy(), max_tokens=8,
                         ignore_eog=True).tokens == pooled.tokens
+
+
+def test_a_long_prompt_stops_on_the_native_abort_flag_without_asking_python() -> None:
+    """With an abort flag, llama.cpp's abort callback is the native helper's: it reads the flag after each graph node,
+    so the Python ``should_abort`` is never called, and a flag set by another thread stops the prompt's decode."""
+    import ctypes
+    import threading
+
+    from desktop.errors import Cancelled
+
+    flag = ctypes.c_int32(0)
+    asked: list[int] = []
+    started = threading.Event()
+
+    def set_flag() -> None:
+        started.wait(10)
+        threading.Event().wait(0.05)
+        flag.value = 1
+
+    with LlamaSession(demo_model_path(), ContextOptions(n_ctx=2048, threads=1, flash_attn=False),
+                      should_abort=lambda: bool(asked.append(1)), abort_flag=flag) as session:
+        prompt = session.tokenize("The quick brown fox jumps over the lazy dog. " * 180)[:2000]
+        setter = threading.Thread(target=set_flag)
+        setter.start()
+        started.set()
+        with pytest.raises(Cancelled):
+            session.decode_prompt(prompt, 0)  # ~2,000 tokens on one thread: seconds, were it not stopped
+        setter.join()
+        assert asked == [] and len(session.history) < len(prompt)
+        flag.value = 0
+        session.clear()
+        session.decode_prompt(prompt[:20], 0)
+        assert session.history == prompt[:20]

@@ -16,6 +16,7 @@ take seconds), so a long prompt stops too.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -32,6 +33,8 @@ from desktop.errors import Cancelled, UserError
 from desktop.jobs import JobError, error_from_exception
 from desktop.llama.generate import SamplerSettings, StopMatcher, generate
 from desktop.llama.log import llama_log
+from desktop.llama.native import native_loop
+from desktop.llama.native import unavailable as native_unavailable
 from desktop.chat.load_report import (  # re-exported: the engine's tests and callers import them from here
     FLASH_ATTN_VALUES,
     flash_attn_setting,
@@ -89,6 +92,7 @@ class _Server:
         self.stop_upto = 0  # every chat or load with a sequence number <= this is stopped
         self.current_seq = 0
         self.shutting_down = False
+        self.stop_flag = ctypes.c_int32(0)  # set with every stop: the native token loop reads it before each decode
         self.session: LlamaSession | None = None
         self.model_info: dict[str, Any] = {}
         self.template: ChatTemplate | None = None
@@ -112,8 +116,10 @@ class _Server:
             kind = message[0]
             if kind == "stop":
                 self.stop_upto = self.received_chats
+                self.stop_flag.value = 1
             elif kind in ("shutdown", "cancel"):
                 self.shutting_down = True
+                self.stop_flag.value = 1
                 self.requests.put(("shutdown", {}))
                 return
             else:
@@ -193,6 +199,7 @@ class _Server:
                     cpu_repack=bool(settings.get("cpu_repack")),
                     load_progress=on_progress,
                     should_abort=self.stopped,
+                    abort_flag=self.stop_flag,
                 )
         except Cancelled:
             self.send("load_cancelled", {})
@@ -227,6 +234,8 @@ class _Server:
             "flash_attn": resolved_flash_attn("".join(captured), flash_setting),
             "swa_full": swa_full,
             "load_s": load_s,
+            "token_loop": "native" if native_loop() is not None else "python",  # built now, not at the first reply
+            "token_loop_note": native_unavailable(),
         }
         nvml = nvml_delta(nvml_before, nvml_used_bytes()) if n_gpu_layers else None
         memory = memory_report(parse_buffer_sizes("".join(captured)), nvml)
@@ -298,6 +307,9 @@ class _Server:
 
         self.send("prompt_started", {"request_id": request_id, "prompt_tokens": len(tokens), "dropped_messages": dropped})
         session.perf_reset()
+        self.stop_flag.value = 0
+        if self.stopped(seq):  # a stop that came before the reset (the reader sets the number, then the flag)
+            self.stop_flag.value = 1
         reply = generate(
             session,
             tokens,
@@ -305,6 +317,7 @@ class _Server:
             max_tokens=max_tokens,
             stops=stops,
             should_stop=lambda: self.stopped(seq),
+            stop_flag=self.stop_flag,
             on_text=send_text,
         )
         finished = time.perf_counter()

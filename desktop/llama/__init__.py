@@ -16,6 +16,8 @@ Inside a child, the one way llama.cpp is opened and run (none of these imports l
   ``patched_model_params`` for code that must use ``Llama()``;
 * ``log``: ``llama_log``, the process-wide llama.cpp log callback (capture, listeners, last errors);
 * ``generate``: the lean generation loop that chat and the evaluation's speed measurement share;
+* ``native``: the token loop in C (``resources/native/qdloop.c``, built once per machine, or bundled): pick, stamp
+  and decode with no Python between tokens, and an abort callback that reads a flag;
 * ``threadpool``: persistent CPU thread pools attached to every context, as llama.cpp's own tools do;
 * ``ggml``: ggml's C API beyond llama-cpp-python's bindings (backend registry, ggml-base), opened from the
   selected engine's libraries.

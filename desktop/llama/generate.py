@@ -1,18 +1,23 @@
-"""The generation loop: llama.cpp samples, Python only moves each token's text along.
+"""The generation loop: llama.cpp samples and decodes, and no Python runs between two tokens.
 
-One reused batch, one ``llama_decode`` per token, a sampler chain built once per reply and sampled by llama.cpp
-(``llama_sampler_sample`` also accepts the token into the chain); a plain greedy reply on a large vocabulary takes
-numpy's argmax of the logits instead (:func:`greedy_picker`), the same token at a tenth of the cost. Per token,
-Python does what the token needs and nothing else: a cached piece lookup, the incremental UTF-8 decode, the
-stop-string check, a timestamp, two stores into the batch. Text reaches the caller in small batches (every
-``flush_s`` seconds or ``flush_tokens`` tokens) with one ``perf_counter`` stamp per token, so a fast model is not
-slowed by one message per token. Automatic garbage collection waits while the loop runs (it makes no cycles,
-and a full pass in a child with numpy and jinja2 loaded takes ~20 ms: a dozen tokens on a GPU).
+The tokens come from the native loop (:mod:`desktop.llama.native`): in C, over one reused batch, it picks a token
+(the reply's sampler chain, built once, sampled by llama.cpp, which also accepts the token into the chain; or, for a
+plain greedy reply, the highest logit), stamps it and decodes it, a chunk of tokens per call. Python then handles the
+chunk: a cached piece lookup, the incremental UTF-8 decode, the stop strings, the batch of text for the caller.
+Chunks are sized to the flush interval from the measured speed (the first token alone, for the time to first
+token), so text reaches the caller in small batches (every ``flush_s`` seconds or ``flush_tokens`` tokens) with one
+stamp per token taken in C. Where the helper cannot be built, the same steps run in a Python loop, one token at a
+time (numpy's argmax stands in for the greedy pick on a large vocabulary: :func:`greedy_picker`). Automatic garbage
+collection waits while a reply runs (it makes no cycles, and a full pass in a child with numpy and jinja2 loaded
+takes ~20 ms: a dozen tokens on a GPU).
 
 The chain mirrors llama-cpp-python's ``Llama`` sampling (penalties over the last 64 tokens, then greedy for
 temperature 0, else top-k, typical, top-p, min-p, temperature and the seeded distribution), so a greedy reply here is
 token for token llama-cpp-python's own completion. The prompt decode is abortable (llama.cpp's abort callback asks
-``should_stop``); generation checks ``should_stop`` before each decode, so a stop lands within one token.
+``should_stop``). During generation a stop lands within one token: the native loop reads ``stop_flag`` before each
+decode (the engine's request reader sets it), and ``should_stop`` is asked between chunks (every token in the Python
+loop). A stop string found inside a chunk ends the reply there; the few tokens decoded past it stay in the KV cache
+and in ``session.history``, which always agree, and the next prompt's prefix match drops them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from desktop.errors import Cancelled
+from desktop.llama.native import DECODE_FAILED, NO_LOGITS, STOPPED, native_loop
 from desktop.llama.session import LlamaSession
 
 DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed
@@ -201,6 +207,131 @@ def prefill(session: LlamaSession, prompt: Sequence[int], should_stop: Callable[
     return len(rest), reused
 
 
+class _Stream:
+    """The text side of a reply, fed one token at a time: pieces, UTF-8, stop strings, batches for the caller."""
+
+    def __init__(self, session: LlamaSession, result: Generation, stops: Sequence[str], on_text: OnText | None,
+                 ignore_eog: bool, flush_s: float, flush_tokens: int) -> None:
+        self.result = result
+        self.matcher = StopMatcher(stops)
+        self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        self.parts: list[str] = []
+        self.pending: list[str] = []
+        self.pending_stamps: list[float] = []
+        self.pieces: dict[int, bytes | None] = {}
+        self.session = session
+        self.on_text = on_text
+        self.ignore_eog = ignore_eog
+        self.flush_s = flush_s
+        self.flush_tokens = flush_tokens
+        self.last_flush = float("-inf")  # the first token goes out at once (time to first token)
+
+    def take(self, token: int, stamp: float) -> str | None:
+        """Add one picked token; "stop" when the reply ends with it (end of generation, or a stop string)."""
+        piece = self.pieces.get(token, _UNSEEN)
+        if piece is _UNSEEN:
+            session = self.session
+            piece = self.pieces[token] = None if (not self.ignore_eog and session.is_eog(token)) else session.piece(token)
+        if piece is None:  # an end-of-generation token
+            return "stop"
+        self.result.tokens.append(token)
+        self.result.stamps.append(stamp)
+        self.pending.append(self.matcher.feed(self.utf8.decode(piece)))
+        self.pending_stamps.append(stamp)
+        if self.matcher.stopped:
+            return "stop"
+        if self.on_text is not None and (stamp - self.last_flush >= self.flush_s
+                                         or len(self.pending_stamps) >= self.flush_tokens):
+            self._send()
+            self.last_flush = stamp
+        return None
+
+    def _send(self) -> None:
+        chunk = "".join(self.pending)
+        self.parts.append(chunk)
+        if self.on_text is not None and (chunk or self.pending_stamps):
+            self.on_text(chunk, self.pending_stamps)
+        self.pending, self.pending_stamps = [], []
+
+    def close(self) -> str:
+        """Send what is held back; the reply's whole text."""
+        self.pending.append(self.matcher.feed(self.utf8.decode(b"", final=True)))
+        self.pending.append(self.matcher.flush())
+        self._send()
+        return "".join(self.parts)
+
+
+CHUNK_MAX = 512  # tokens per native call, at most
+
+
+def _run_native(loop: Any, session: LlamaSession, chain: Any, stream: _Stream, *, argmax: bool, max_tokens: int,
+                should_stop: Callable[[], bool], stop_flag: Any) -> str:
+    """Generate in chunks through the native loop; returns the finish reason."""
+    import ctypes
+
+    history, tokens = session.history, stream.result.tokens
+    params = loop.params(session, chain, argmax=argmax, check_eog=not stream.ignore_eog, pos=len(history),
+                         stop_flag=stop_flag)
+    picked_buf = (ctypes.c_int32 * CHUNK_MAX)()
+    stamps_buf = (ctypes.c_double * CHUNK_MAX)()
+    limit = max(1, min(CHUNK_MAX, stream.flush_tokens))
+    pending, chunk = -1, 1  # the first token alone: it goes out at once
+    while True:
+        offset = time.perf_counter() - loop.now()  # the helper's clock to perf_counter's
+        started = time.perf_counter()
+        n, status, decoded, rc = loop.run(params, pending, min(chunk, max_tokens - len(tokens)), picked_buf,
+                                          stamps_buf)
+        took = time.perf_counter() - started
+        picked = picked_buf[:n]
+        history.extend((([pending] if pending >= 0 else []) + picked)[:decoded])  # what the KV cache holds now
+        for token, stamp in zip(picked, stamps_buf[:n]):
+            if stream.take(token, stamp + offset) is not None:
+                return "stop"
+            if len(tokens) >= max_tokens:
+                return "length"
+        if status == STOPPED or should_stop():
+            return "stopped"
+        if status == DECODE_FAILED:
+            session.check(rc)
+        if status == NO_LOGITS:
+            raise RuntimeError("llama.cpp returned no logits for the last token")
+        pending = picked[-1]
+        if decoded and stream.flush_s > 0:  # about one flush interval's worth of tokens per call
+            chunk = max(1, min(limit, int(stream.flush_s * decoded / took)))
+        else:
+            chunk = 1 if stream.flush_s <= 0 else 2
+
+
+def _run_python(session: LlamaSession, chain: Any, stream: _Stream, *, pick: Callable[[], int] | None,
+                max_tokens: int, should_stop: Callable[[], bool]) -> str:
+    """One token at a time in Python: the loop where the native helper is unavailable."""
+    import llama_cpp
+
+    tokens, history = stream.result.tokens, session.history
+    sample, decode, now = llama_cpp.llama_sampler_sample, llama_cpp.llama_decode, time.perf_counter
+    ctx, batch = session.ctx, session.batch
+    batch_token, batch_pos = batch.token, batch.pos
+    batch.logits[0] = True
+    pos = len(history)
+    take = stream.take
+    while True:
+        token = pick() if pick is not None else sample(chain, ctx, -1)
+        if take(token, now()) is not None:
+            return "stop"
+        if len(tokens) >= max_tokens:
+            return "length"
+        if should_stop():  # before the next decode: a stop lands within one token
+            return "stopped"
+        batch_token[0] = token
+        batch_pos[0] = pos
+        batch.n_tokens = 1
+        rc = decode(ctx, batch)
+        if rc != 0:
+            session.check(rc)
+        history.append(token)
+        pos += 1
+
+
 def generate(
     session: LlamaSession,
     prompt: Sequence[int],
@@ -209,12 +340,18 @@ def generate(
     max_tokens: int,
     stops: Sequence[str] = (),
     should_stop: Callable[[], bool] = lambda: False,
+    stop_flag: Any = None,
     on_text: OnText | None = None,
     ignore_eog: bool = False,
     flush_s: float = FLUSH_S,
     flush_tokens: int = FLUSH_TOKENS,
+    native: bool = True,
 ) -> Generation:
-    """Answer ``prompt`` (token ids) with at most ``max_tokens`` tokens; see the module docstring."""
+    """Answer ``prompt`` (token ids) with at most ``max_tokens`` tokens; see the module docstring. ``stop_flag``
+    (a ``ctypes.c_int32`` another thread sets to 1) stops the native loop before its next decode; ``native=False``
+    runs the Python loop."""
+    import ctypes
+
     import llama_cpp
 
     result = Generation()
@@ -223,76 +360,29 @@ def generate(
     except Cancelled:
         result.finish = "stopped"
         return result
+    if max_tokens <= 0:
+        return result
 
+    loop = native_loop() if native else None
     chain = sampler_chain(settings, session.n_vocab)
-    pick = greedy_picker(session) if settings.is_plain_greedy() else None
-    matcher = StopMatcher(stops)
-    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-    parts: list[str] = []
-    pending: list[str] = []
-    pending_stamps: list[float] = []
-    tokens, stamps = result.tokens, result.stamps
-    history = session.history
-    pieces: dict[int, bytes | None] = {}
-    piece_of, is_eog = session.piece, session.is_eog
-    sample, decode, now = llama_cpp.llama_sampler_sample, llama_cpp.llama_decode, time.perf_counter
-    ctx, batch = session.ctx, session.batch
-    batch_token, batch_pos = batch.token, batch.pos
-    batch.logits[0] = True
-    pos = len(history)
-    last_flush = float("-inf")  # the first token goes out at once (time to first token)
-    finish = "length"
+    argmax = settings.is_plain_greedy() and session.n_vocab >= GREEDY_ARGMAX_MIN_VOCAB
+    stream = _Stream(session, result, stops, on_text, ignore_eog, flush_s, flush_tokens)
     collecting = gc.isenabled()
     gc.disable()  # no collection lands between two tokens: the loop makes no cycles, a full pass can take 20 ms
     try:
-        while len(tokens) < max_tokens:
-            token = pick() if pick is not None else sample(chain, ctx, -1)
-            stamp = now()
-            piece = pieces.get(token, _UNSEEN)
-            if piece is _UNSEEN:
-                piece = pieces[token] = None if (not ignore_eog and is_eog(token)) else piece_of(token)
-            if piece is None:  # an end-of-generation token
-                finish = "stop"
-                break
-            tokens.append(token)
-            stamps.append(stamp)
-            text = matcher.feed(utf8.decode(piece))
-            pending.append(text)
-            pending_stamps.append(stamp)
-            if matcher.stopped:
-                finish = "stop"
-                break
-            if len(tokens) >= max_tokens:
-                break
-            if should_stop():  # before the next decode: a stop lands within one token
-                finish = "stopped"
-                break
-            if on_text is not None and (stamp - last_flush >= flush_s or len(pending_stamps) >= flush_tokens):
-                chunk = "".join(pending)
-                parts.append(chunk)
-                on_text(chunk, pending_stamps)
-                pending, pending_stamps = [], []
-                last_flush = stamp
-            batch_token[0] = token
-            batch_pos[0] = pos
-            batch.n_tokens = 1
-            rc = decode(ctx, batch)
-            if rc != 0:
-                session.check(rc)
-            history.append(token)
-            pos += 1
+        if loop is not None:
+            flag = stop_flag if stop_flag is not None else ctypes.c_int32(0)
+            result.finish = _run_native(loop, session, chain, stream, argmax=argmax, max_tokens=max_tokens,
+                                        should_stop=should_stop, stop_flag=flag)
+        else:
+            pick = greedy_picker(session) if settings.is_plain_greedy() else None
+            result.finish = _run_python(session, chain, stream, pick=pick, max_tokens=max_tokens,
+                                        should_stop=should_stop)
     finally:
         llama_cpp.llama_sampler_free(chain)
         try:
-            pending.append(matcher.feed(utf8.decode(b"", final=True)))
-            pending.append(matcher.flush())
-            chunk = "".join(pending)
-            parts.append(chunk)
-            if on_text is not None and (chunk or pending_stamps):
-                on_text(chunk, pending_stamps)
+            result.text = stream.close()
         finally:
             if collecting:
                 gc.enable()
-    result.finish = finish
-    result.text = "".join(parts)
     return result

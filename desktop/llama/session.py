@@ -3,9 +3,9 @@
 The chat engine, the evaluation and the importance-matrix collection all run on a :class:`LlamaSession`: model
 parameters from :mod:`desktop.llama.params` (CPU repacking off unless asked for), a context described by
 :class:`ContextOptions`, one batch allocated once and reused for every decode, tokenizing and token pieces, and
-llama.cpp's abort callback switched on only for the decodes that can take long (a prompt, a chunk), because it is a
-Python call on every graph node. Like llama.cpp's own tools, it attaches persistent CPU thread pools
-(:mod:`desktop.llama.threadpool`) instead of letting ggml make one per graph.
+llama.cpp's abort callback switched on only for the decodes that can take long (a prompt, a chunk): a call on every
+graph node (in C when the native helper reads an abort flag, else in Python). Like llama.cpp's own tools, it attaches
+persistent CPU thread pools (:mod:`desktop.llama.threadpool`) instead of letting ggml make one per graph.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 from desktop.errors import Cancelled, UserError
 from desktop.llama.log import llama_log
+from desktop.llama.native import native_loop
 from desktop.llama.params import model_params
 from desktop.llama.threadpool import attach_threadpools
 
@@ -37,8 +38,7 @@ def physical_cores() -> int:
 
 
 def default_threads(*, interactive: bool = False) -> int:
-    """Threads for llama.cpp: all physical cores for command-line work; the window keeps one free on small
-    machines so that it stays responsive while a reply streams."""
+    """Threads for llama.cpp: all physical cores for command-line work; the window keeps one free on small machines."""
     cores = physical_cores()
     if interactive and 1 < cores <= SMALL_MACHINE_CORES:
         return cores - 1
@@ -93,7 +93,8 @@ class LlamaSession:
 
     ``load_progress(fraction) -> bool`` sees the load and may cancel it (then :class:`Cancelled` is raised);
     ``should_abort()`` is asked by llama.cpp's abort callback during abortable decodes, at most every
-    ``abort_poll_s`` seconds, and a decode it aborts raises :class:`Cancelled`.
+    ``abort_poll_s`` seconds, and a decode it aborts raises :class:`Cancelled`; given ``abort_flag`` (a c_int32 set
+    with it), the native helper's callback reads that instead, with no Python call per graph node.
     """
 
     def __init__(
@@ -106,6 +107,7 @@ class LlamaSession:
         load_progress: Callable[[float], bool] | None = None,
         should_abort: Callable[[], bool] | None = None,
         abort_poll_s: float = 0.0,
+        abort_flag: ctypes.c_int32 | None = None,
     ) -> None:
         import llama_cpp
 
@@ -180,7 +182,9 @@ class LlamaSession:
             for k in range(self.n_batch):  # one sequence, set once: decodes only write tokens, positions, logits
                 self._batch.n_seq_id[k] = 1
                 self._batch.seq_id[k][0] = 0
-            self._abort_cb = llama_cpp.ggml_abort_callback(self._abort)
+            loop, self._abort_flag = (native_loop() if abort_flag is not None else None), abort_flag  # C reads it
+            self._abort_data = ctypes.c_void_p(ctypes.addressof(abort_flag)) if loop else None
+            self._abort_cb = loop.abort_callback if loop else llama_cpp.ggml_abort_callback(self._abort)
             self._no_abort_cb = llama_cpp.ggml_abort_callback()  # NULL: no Python call per graph node
             self._abortable = False
             llama_cpp.llama_set_abort_callback(self._ctx, self._no_abort_cb, None)
@@ -226,8 +230,7 @@ class LlamaSession:
         return self._batch
 
     def pool_threads(self) -> list[int]:
-        """The threads of the persistent CPU pools attached to the context, generation's first ([] when the build
-        offers none)."""
+        """The threads of the CPU pools attached to the context, generation's first ([]: the build has none)."""
         return list(self._threadpools.threads) if self._threadpools is not None else []
 
     # -- the model ------------------------------------------------------------------------------------------
@@ -305,9 +308,8 @@ class LlamaSession:
         self.history = []
 
     def keep_prefix(self, n: int) -> int:
-        """Drop the KV cache after the first ``n`` tokens; returns how many stay usable (0 when the cache cannot
-        keep a prefix: recurrent models, or sliding-window layers that already forgot the tokens the next ones
-        need)."""
+        """Drop the KV cache after the first ``n`` tokens; returns how many stay usable (0 when it cannot keep a
+        prefix: recurrent models, or sliding-window layers that forgot the tokens the next ones need)."""
         import llama_cpp
 
         memory = llama_cpp.llama_get_memory(self._ctx)
@@ -336,7 +338,10 @@ class LlamaSession:
 
         if abortable != self._abortable:
             self._abortable = abortable
-            llama_cpp.llama_set_abort_callback(self._ctx, self._abort_cb if abortable else self._no_abort_cb, None)
+            if abortable:
+                llama_cpp.llama_set_abort_callback(self._ctx, self._abort_cb, self._abort_data)
+            else:
+                llama_cpp.llama_set_abort_callback(self._ctx, self._no_abort_cb, None)
 
     def _abort(self, _user_data: Any) -> bool:
         try:
