@@ -23,7 +23,8 @@ medians taken side by side compare different moments. The ratio of the sides' me
 closest to its speed on an idle machine) are printed too, and so is the control: llama-bench against itself, whose
 spread is how close this machine can tell two speeds apart. The tiny model generates more tokens
 (``--tiny-tokens``): 256 of them take 70 ms, too short to time on a shared machine. Run it on a machine as quiet as
-you can get. ``--gui`` adds the old measurement of the GUI thread's longest stall while a reply streams into the
+you can get. The engine runs its native token loop (desktop/llama/native.py) where it could be built;
+``QUANTDESK_NATIVE_LOOP=0`` measures the Python loop instead. ``--gui`` adds the old measurement of the GUI thread's longest stall while a reply streams into the
 Chat page (target < 30 ms).
 """
 
@@ -191,6 +192,7 @@ def measure(name: str, model: Path, binary: Path, args: argparse.Namespace) -> d
     engine = Engine()
     loaded = engine.load_and_wait(LoadOptions(str(model), n_ctx=n_ctx, n_threads=args.threads, flash_attn="auto"))
     meta = loaded.data["metadata"]
+    token_loop = meta.get("token_loop", "python") + (f" ({meta['token_loop_note']})" if meta.get("token_loop_note") else "")
     with patched_model_params():
         llm = llama_cpp.Llama(str(model), n_ctx=n_ctx, n_threads=args.threads, n_threads_batch=args.threads,
                               swa_full=False, flash_attn=bool(meta.get("flash_attn")), verbose=False)
@@ -249,6 +251,7 @@ def measure(name: str, model: Path, binary: Path, args: argparse.Namespace) -> d
     return {
         "model": name,
         "path": str(model),
+        "token_loop": token_loop,
         "threads": args.threads,
         "tokens": n_tokens,
         "depth": depth,
@@ -287,7 +290,8 @@ def report(row: dict[str, Any]) -> None:
     ok_tg = "ok" if row["tg_engine_vs_llama_bench"] >= GEN_TARGET else "BELOW TARGET"
     ok_pp = "ok" if row["pp_engine_vs_llama_bench"] >= PROMPT_TARGET else "BELOW TARGET"
     print(f"{row['model']}: {row['threads']} threads, {row['tokens']} tokens at depth {row['depth']}, "
-          f"{row['runs']} runs (ratios: median over runs of each run's ratio)")
+          f"{row['runs']} runs (ratios: median over runs of each run's ratio); the engine's token loop: "
+          f"{row['token_loop']}")
     print(f"  generation  engine/llama-bench {row['tg_engine_vs_llama_bench']:.3f} (target >= {GEN_TARGET}; {ok_tg}); "
           f"bare llama-cpp-python loop/llama-bench {row['tg_bare_vs_llama_bench']:.3f}; engine/bare "
           f"{row['tg_engine_vs_bare']:.3f}")

@@ -81,12 +81,17 @@ def selfcheck() -> dict[str, object]:
     window = MainWindow(start_background=False)
     icon = QImage(str(resources.path("icons/chat.svg")))  # needs Qt's SVG image plugin
     report = run_in_child("desktop.hardware.report:report_job")  # a child process of this very executable
+    token_loop = run_in_child("desktop.llama.native:check_job")
+    bundled = getattr(sys, "_MEIPASS", None) is not None
     checks = {
         "resources": resources.path("style.qss").is_file(),
         "svg_plugin": not icon.isNull(),
         "main_window": window.sidebar.count() == 5,
         "child_process": report.cpu.logical_cores > 0,
         "llama_cpp": report.llama.available,
+        # the bundle carries the native token loop prebuilt; a pip install builds it with the C compiler, if any
+        "native_token_loop": token_loop["loop"] == "native" or not bundled,
     }
     window.close()
-    return {"checks": checks, "llama_cpp_version": report.llama.version, "resources_dir": str(resources.resources_dir())}
+    return {"checks": checks, "llama_cpp_version": report.llama.version, "resources_dir": str(resources.resources_dir()),
+            "token_loop": token_loop}

@@ -208,3 +208,10 @@ def native_loop() -> NativeLoop | None:
 def unavailable() -> str:
     """Why :func:`native_loop` returned None ("" when it did not, or was not asked yet)."""
     return "" if _loaded.get("loop") is not None else str(_loaded.get("reason", ""))
+
+
+def check_job(*, progress: Any, cancelled: Any) -> dict[str, str]:
+    """Which token loop a child gets on this install (selfcheck): "native" with the helper's path, or "python" and
+    why."""
+    loop = native_loop()
+    return {"loop": "native" if loop else "python", "path": str(loop.path) if loop else "", "note": unavailable()}
