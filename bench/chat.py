@@ -1,6 +1,6 @@
 """The chat engine's speed against llama.cpp's own llama-bench, built from the same vendored source.
 
-    python bench/chat.py [--threads N] [--runs 7] [--tokens 256] [--tiny-tokens 1024] [--models demo,tiny] [--gui]
+    python bench/chat.py [--threads N] [--runs 9] [--tiny-runs 25] [--tokens 256] [--tiny-tokens 1024] [--models demo,tiny] [--gui]
 
 For each model, the same threads, CPU repacking off and flash attention "auto" on every side:
 
@@ -22,7 +22,8 @@ virtual machine whose speed drifts by 10-20% within a minute, the sides of one r
 medians taken side by side compare different moments. The ratio of the sides' medians and each side's best run (the
 closest to its speed on an idle machine) are printed too, and so is the control: llama-bench against itself, whose
 spread is how close this machine can tell two speeds apart. The tiny model generates more tokens
-(``--tiny-tokens``): 256 of them take 70 ms, too short to time on a shared machine. Run it on a machine as quiet as
+(``--tiny-tokens``): 256 of them take 70 ms, too short to time on a shared machine; and in more runs (``--tiny-runs``),
+three seconds each, because one run's ratio on this kind of machine spreads by 10-20%. Run it on a machine as quiet as
 you can get. The engine runs its native token loop (desktop/llama/native.py) where it could be built;
 ``QUANTDESK_NATIVE_LOOP=0`` measures the Python loop instead. ``--gui`` adds the old measurement of the GUI thread's longest stall while a reply streams into the
 Chat page (target < 30 ms).
@@ -188,6 +189,7 @@ def measure(name: str, model: Path, binary: Path, args: argparse.Namespace) -> d
 
     messages = [{"role": "user", "content": "Count from 1 to 1000, separated by commas: 1, 2, 3,"}]
     n_tokens = args.tiny_tokens if name.startswith("tiny") else args.tokens
+    runs = args.tiny_runs if name.startswith("tiny") else args.runs
     n_ctx = max(1024, args.prompt + 64, n_tokens + 256)
     engine = Engine()
     loaded = engine.load_and_wait(LoadOptions(str(model), n_ctx=n_ctx, n_threads=args.threads, flash_attn="auto"))
@@ -213,7 +215,7 @@ def measure(name: str, model: Path, binary: Path, args: argparse.Namespace) -> d
         engine_generation(engine, messages, 16)  # warm-up
         bare_generation(llm, prompt, 16)
         depth = engine_generation(engine, messages, 2)[2]  # the prompt as the engine decodes it
-        for run in range(args.runs):
+        for run in range(runs):
             sides = [
                 lambda: engine_tg.append(engine_generation(engine, messages, n_tokens)[0]),
                 lambda: bare_tg.append(bare_generation(llm, prompt, n_tokens)),
@@ -255,7 +257,7 @@ def measure(name: str, model: Path, binary: Path, args: argparse.Namespace) -> d
         "threads": args.threads,
         "tokens": n_tokens,
         "depth": depth,
-        "runs": args.runs,
+        "runs": runs,
         # the verdicts: each run measured the sides back to back, so their ratio is the least disturbed by the
         # machine's drift; the median over runs
         "tg_engine_vs_llama_bench": paired(engine_tg, bench_tg),
@@ -316,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--threads", type=int, default=default_threads())
-    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--runs", type=int, default=9, help="runs (the demo model)")
+    parser.add_argument("--tiny-runs", type=int, default=25, help="runs (the tiny model: about 3 s each)")
     parser.add_argument("--tokens", type=int, default=256, help="tokens generated per run (the demo model)")
     parser.add_argument("--tiny-tokens", type=int, default=1024, help="tokens generated per run (the tiny model)")
     parser.add_argument("--prompt-words", type=int, default=200, help="words in the prompt test (~2 tokens each)")
