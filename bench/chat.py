@@ -1,6 +1,6 @@
 """The chat engine's speed against llama.cpp's own llama-bench, built from the same vendored source.
 
-    python bench/chat.py [--threads N] [--runs 9] [--tiny-runs 25] [--prompt-pairs 3] [--tokens 256]
+    python bench/chat.py [--threads N] [--runs 15] [--tiny-runs 25] [--prompt-pairs 3] [--tokens 256]
         [--tiny-tokens 1024] [--models demo,tiny] [--gui]
 
 For each model, the same threads, CPU repacking off and flash attention "auto" on every side:
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--threads", type=int, default=default_threads())
-    parser.add_argument("--runs", type=int, default=9, help="runs (the demo model)")
+    parser.add_argument("--runs", type=int, default=15, help="runs (the demo model: about 40 s each)")
     parser.add_argument("--tiny-runs", type=int, default=25, help="runs (the tiny model: about 3 s each)")
     parser.add_argument("--tokens", type=int, default=256, help="tokens generated per run (the demo model)")
     parser.add_argument("--tiny-tokens", type=int, default=1024, help="tokens generated per run (the tiny model)")
