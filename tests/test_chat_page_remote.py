@@ -92,3 +92,29 @@ def test_a_server_that_is_not_there_is_one_sentence(qtbot: QtBot, page: ChatPage
     assert page.remote_bar.models.count() == 0 and not page.send_button.isEnabled()
     page.model_combo.setCurrentIndex(0)  # back to the local model: its memory controls again
     assert not page.remote_bar.isVisible() and page.tabs.isTabVisible(0) and page.send_button.isEnabled()
+
+
+def test_another_server_replaces_the_old_one_without_waiting_on_the_window(qtbot: QtBot, page: ChatPage) -> None:
+    """Connecting to another address retires the old remote engine: it closes (and waits for its streams) on a
+    thread of its own, never on the window's, and its late events do not reach the page."""
+    import threading
+
+    with quantdesk_serve(instruct_model_path()) as server:
+        _pick_server(qtbot, page, server.url)
+        qtbot.waitUntil(lambda: page.remote_bar.models.count() >= 1, timeout=30_000)
+        old = page.worker
+        closed_on: list[threading.Thread] = []
+        close = old.engine.close
+
+        def recording_close(timeout: float = 5.0) -> None:
+            closed_on.append(threading.current_thread())
+            close(timeout=timeout)
+
+        old.engine.close = recording_close  # type: ignore[method-assign]
+        page.remote_bar.url.clear()
+        qtbot.keyClicks(page.remote_bar.url, server.url.replace("127.0.0.1", "localhost"))
+        qtbot.mouseClick(page.remote_bar.connect_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: page.worker is not old and page.remote_bar.models.count() >= 1, timeout=30_000)
+        qtbot.waitUntil(lambda: old.engine.state == "stopped", timeout=10_000)
+        assert closed_on and closed_on[0] is not threading.main_thread()
+        assert page.send_button.isEnabled() and "Connected to" in page.status.text()

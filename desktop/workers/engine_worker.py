@@ -143,6 +143,17 @@ class EngineWorker(QObject):
         self._flush_timer.stop()
         self.engine.close(timeout=timeout_s)
 
+    def retire(self, timeout_s: float = 5.0) -> threading.Thread:
+        """Like :meth:`shutdown` for a worker replaced while the window stays open, without waiting: the engine
+        closes on a thread of its own (a remote engine waits up to ``timeout_s`` for a reply's stream to end,
+        which the window's thread must not). Its late events no longer reach the signals."""
+        self._closed = True
+        self._flush_timer.stop()
+        closer = threading.Thread(target=self.engine.close, kwargs={"timeout": timeout_s}, name="engine-retire",
+                                  daemon=True)
+        closer.start()
+        return closer
+
     # ---- reader thread
     def _on_engine_event(self, event: EngineEvent) -> None:
         if not self.turns.feed(event):  # a submitted request's events went to its listener

@@ -99,7 +99,7 @@ class ModelMixin:
             self._remote_worker = EngineWorker(self, engine=lambda on_event: RemoteEngine(url, on_event))
             self._wire(self._remote_worker)
             if old is not None:
-                old.shutdown(timeout_s=1.0)
+                old.retire()  # closes off the window's thread
         if self.is_remote():
             self.worker = self._remote_worker
             self.set_status(f"Connected to {url}. Send a message to chat with {self.remote_bar.model_name()}.")
