@@ -27,10 +27,15 @@ def housekeeping() -> list[str]:
     """What a start cleans up, off the GUI thread: partial files of QuantDesk instances that are gone (a killed
     window's quantization) and old per-job logs. Returns the partial files removed."""
     from desktop import settings
+    from desktop.errors import UserError
     from desktop.fileio import sweep_stale_partials
     from desktop.job_logs import prune_job_logs
 
-    removed = sweep_stale_partials((settings.models_dir(),))
+    try:
+        removed = sweep_stale_partials((settings.models_dir(),))
+    except UserError as exc:  # the models folder's drive is gone: nothing of it to sweep now
+        logging.getLogger(__name__).info("%s", exc)
+        removed = []
     for path in removed:
         logging.getLogger(__name__).info("removed %s, left by a QuantDesk that did not finish", path)
     prune_job_logs(paths.logs_dir())

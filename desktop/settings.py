@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from desktop import paths
+from desktop.errors import UserError
 from desktop.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,12 @@ def models_dir() -> Path:
     """The folder GGUF outputs go to: the user's choice from settings, else the default."""
     chosen = load_settings().models_dir
     path = Path(chosen) if chosen else paths.default_models_dir()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a drive that is gone, a file in the way, no permission
+        raise UserError(f"The models folder {path} cannot be used ({exc.strerror or exc}).",
+                        "Choose another output folder on the Quantize page, or reconnect the drive it is on.",
+                        kind="models_folder") from exc
     return path
 
 

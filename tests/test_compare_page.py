@@ -328,3 +328,24 @@ def test_bits_per_weight_is_one_number_on_compare_and_quantize(qtbot: QtBot, job
         page.select_source(demo)
     on_quantize = float(page.types.item(page.types.row_of("Q4_K_M"), 2).text())
     assert abs(on_quantize - on_compare) / on_compare < 0.02, (on_quantize, on_compare)
+
+
+def test_a_models_folder_that_cannot_be_made_is_one_sentence_from_the_job(qtbot: QtBot, jobs: JobManager, base: Path,
+                                                                          text: Path, tmp_path: Path) -> None:
+    """The models folder (where made quants go) is read and made by the job, off the window's thread; a folder that
+    cannot be made (a file in the way, a drive that is gone) fails the run with one sentence, not a traceback."""
+    from desktop.settings import load_settings, save_settings
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the models folder should be", encoding="utf-8")
+    page = open_page(qtbot, jobs, text)
+    set_library(qtbot, page)
+    small_run(page)
+    save_settings(dataclasses.replace(load_settings(), models_dir=str(blocker / "models")))
+    page.selection.make_boxes["Q8_0"].setChecked(True)
+    with qtbot.waitSignal(page.sig_finished, timeout=30_000):
+        job = page.measure()
+    assert job is not None and job.state is JobState.FAILED
+    sentence = page.status.text()
+    assert str(blocker / "models") in sentence and "cannot be used" in sentence and "Traceback" not in sentence
+    assert "unexpected" not in sentence

@@ -97,7 +97,7 @@ def test_gguf_source_two_types_end_to_end(qtbot: QtBot, page: QuantizePage, tiny
     jobs = JobManager()
     again = QuantizePage(jobs)
     qtbot.addWidget(again)
-    assert again.output.folder() == out
+    qtbot.waitUntil(lambda: again.output.folder() == out, timeout=10_000)  # read in a job, off the window's thread
     assert jobs.stop_all(timeout_s=10)
 
 
@@ -230,3 +230,28 @@ def test_one_item_of_the_queue_can_be_cancelled(qtbot: QtBot, page: QuantizePage
     out = tmp_path / "out"
     assert {p.name for p in out.iterdir()} == {"tiny-Q8_0.gguf", "tiny-Q4_K_M.gguf"}
     assert Library().get_by_path(out / "tiny-Q6_K.gguf") is None
+
+
+def test_a_models_folder_that_cannot_be_made_leaves_the_page_usable(qtbot: QtBot, jobs: JobManager, tiny: Path,
+                                                                   tmp_path: Path) -> None:
+    """The page reads (and makes) the models folder in a job: a folder on a drive that is gone, or with a file in
+    its way, is one sentence on the page, which opens anyway and asks for an output folder."""
+    import dataclasses
+
+    from desktop.settings import save_settings
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the models folder should be", encoding="utf-8")
+    save_settings(dataclasses.replace(load_settings(), models_dir=str(blocker / "models")))
+    page = QuantizePage(jobs)
+    qtbot.addWidget(page)
+    qtbot.waitUntil(lambda: "cannot be used" in page.status.text(), timeout=10_000)
+    assert str(blocker / "models") in page.status.text() and "Traceback" not in page.status.text()
+    assert page.output.edit.text() == ""
+    choose(qtbot, page, tiny)
+    tick_only(page, "Q8_0")
+    assert page.start() is None and page.status.text() == "Choose an output folder (a full path)."
+    page.output.edit.setText(str(tmp_path / "out"))  # another folder: the run goes ahead
+    with qtbot.waitSignal(page.sig_finished, timeout=RUN_TIMEOUT):
+        assert page.start() is not None
+    assert (tmp_path / "out" / "tiny-Q8_0.gguf").is_file()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from desktop import memory
+from desktop import memory, settings
 from desktop.quant import sizing, types as quant_types
 from desktop.errors import UserError
 from desktop.eval.evaluate import EvalResult
@@ -139,7 +139,7 @@ class Request:
     text_path: Path | None  # None: the bundled evaluation text
     n_ctx: int
     max_chunks: int
-    out_dir: Path
+    out_dir: Path | None = None  # None: QuantDesk's models folder, read (and made) by the job
     n_gpu_layers: int | None = None  # None: as many of the base's layers as fit on the selected engine's GPUs
 
 
@@ -200,7 +200,8 @@ def measure_job(request: Request, parameters: int, *, progress: ProgressFn, canc
             fraction = Progress.of(done, total, message, **fields).fraction or 0.0  # over the whole queue
             progress(step + fraction, steps, f"making quants: {fields.get('step', '')} {message}")
 
-        results = quantize.quantize_many(request.base, request.make, request.out_dir,
+        out_dir = request.out_dir if request.out_dir is not None else settings.models_dir()
+        results = quantize.quantize_many(request.base, request.make, out_dir,
                                          quantize.QuantizeOptions(), progress=relay, cancelled=cancelled)
         made = [r.path for r in results]
         step += 1
@@ -280,6 +281,8 @@ def find_job(base: Path, parameters: int, known: Sequence[Path] = (), *, progres
     """:func:`desktop.eval.recommend.find_quant`, then the rows of what it measured (from the store) for the table."""
     from desktop.eval.recommend import find_quant
 
+    if kwargs.get("out_dir") is None:  # quants it makes go to QuantDesk's models folder, read here, off the GUI
+        kwargs["out_dir"] = settings.models_dir()
     # its last message is the whole recommendation: the page shows it in full, the status area one line of it
     rec = find_quant(base, progress=one_line(progress), cancelled=cancelled, **kwargs)
     candidates = [rec.chosen, *rec.runners_up, *(c for c, _ in rec.rejected)]

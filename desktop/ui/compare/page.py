@@ -12,7 +12,6 @@ from typing import Any
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import QHBoxLayout, QPushButton, QSplitter, QWidget
 
-from desktop import settings
 from desktop.errors import UserError
 from desktop.jobs import JobError
 from desktop.library import ModelEntry
@@ -212,7 +211,7 @@ class ComparePage(Page):
         if not quants and not make:
             raise UserError("Tick at least one quant, or a type to make.")
         return Request(base.path, quants, make, self.selection.text_path(), self.selection.context.value(),
-                       self.selection.chunks.value(), settings.models_dir())
+                       self.selection.chunks.value())  # the job reads the models folder
 
     @Slot()
     def measure(self) -> Job | None:
@@ -245,7 +244,6 @@ class ComparePage(Page):
         job = Job(f"Find my quant for {base.path.stem}", functools.partial(
             find_job, base.path, base.parameters, self.selection.all_quants(), limits=limits, types=tuple(types) or DEFAULT_TYPES, text_path=self.selection.text_path(),
             eval_ctx=self.selection.context.value(), max_chunks=self.selection.chunks.value(),
-            out_dir=settings.models_dir(),
             machine=memory.machine_from_report(self._report) if self._report is not None else None))
         job.sig_result.connect(self._on_recommended)
         self.find.show_running(f"Looking for the quant that meets {limits.describe()}…")

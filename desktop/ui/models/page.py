@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.errors import UserError
 from desktop.gguf.reader import format_parameters
 from desktop.jobs import JobError, format_bytes
 from desktop.library import CheckpointEntry, Library, ModelEntry, in_models_folder
@@ -45,7 +46,7 @@ def _load_library(progress, cancelled) -> Loaded:  # type: ignore[no-untyped-def
     skipped = library.sync_hf_cache()  # cached snapshots are listed offline, without a request
     try:
         models_dir: Path | None = settings.models_dir()
-    except OSError:  # the chosen folder's drive is gone: the library still shows, and a delete asks twice
+    except (OSError, UserError):  # the chosen folder's drive is gone: the library still shows, and a delete asks twice
         models_dir = None
     return library.models(), library.checkpoints(), skipped, models_dir
 

@@ -197,9 +197,9 @@ class AdvancedOptions(QWidget):
 
 
 class OutputFolder(QWidget):
-    def __init__(self, folder: Path, parent: QWidget | None = None) -> None:
+    def __init__(self, folder: Path | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.edit = QLineEdit(str(folder))
+        self.edit = QLineEdit("" if folder is None else str(folder))
         self.edit.setToolTip("Where the GGUF files (and a converted checkpoint, and the importance matrix) are written")
         self.button = QPushButton("Choose…")
         self.button.clicked.connect(self.choose)

@@ -38,6 +38,10 @@ from desktop.workers import Job, JobManager, LibraryWatcher
 PREDICT_DELAY_MS = 250  # options typed in quick succession give one prediction
 
 
+def _models_folder(progress: object = None, cancelled: object = None) -> Path:
+    return settings.models_dir()
+
+
 class _EventRelay(QObject):
     """Lives in the GUI thread; the pipeline emits from the worker thread, Qt queues the events here."""
 
@@ -102,8 +106,8 @@ class QuantizePage(Page):
         right = splitter(Qt.Orientation.Vertical, queue_card, log_card)
         panes = splitter(Qt.Orientation.Horizontal, targets, right, stretch=(3, 2), sizes=(540, 460))
 
-        self.output = OutputFolder(settings.models_dir())
-        self._remembered_folder = self.output.folder()
+        self.output = OutputFolder()  # the models folder is read (and made) in a job: see _read_models_folder
+        self._remembered_folder: Path | None = None
         self.sig_start.connect(self.start)
         self.sig_cancel.connect(self.cancel)
         self.body.addWidget(source_card)
@@ -115,6 +119,7 @@ class QuantizePage(Page):
         self._predict_timer.setInterval(PREDICT_DELAY_MS)
         self._predict_timer.timeout.connect(self._predict)
         self._update_start()
+        self._read_models_folder()
 
     # ---- sources
     @Slot(list)
@@ -284,6 +289,26 @@ class QuantizePage(Page):
         self._update_start()
         self.status.setText(f"Running: {', '.join(steps)} → {request.out_dir}")
         return job
+
+    def _read_models_folder(self) -> Job:
+        """The models folder from settings, made if missing, off the window's thread (it may be on a slow or absent
+        drive); it fills the output folder unless one was typed meanwhile."""
+        job = Job("Read the output folder", _models_folder, visible=False)
+        job.sig_result.connect(self._on_models_folder)
+        job.sig_error.connect(self._on_models_folder_error)
+        self._jobs.start(job)
+        return job
+
+    @Slot(object)
+    def _on_models_folder(self, folder: Path) -> None:
+        if self._remembered_folder is None:
+            self._remembered_folder = folder
+        if not self.output.edit.text().strip():
+            self.output.edit.setText(str(folder))
+
+    @Slot(object)
+    def _on_models_folder_error(self, error: JobError) -> None:
+        self.status.setText(error.sentence())
 
     def _remember_folder(self, folder: Path) -> None:
         """A run in another output folder makes it the models folder for the next start (and Compare's quants)."""
