@@ -1,6 +1,6 @@
 """The chat engine's speed against llama.cpp's own llama-bench, built from the same vendored source.
 
-    python bench/chat.py [--threads N] [--runs 15] [--tiny-runs 25] [--prompt-pairs 3] [--tokens 256]
+    python bench/chat.py [--threads N] [--runs 40] [--tiny-runs 60] [--prompt-pairs 1] [--tokens 256]
         [--tiny-tokens 1024] [--models demo,tiny] [--gui]
 
 For each model, the same threads, CPU repacking off and flash attention "auto" on every side:
@@ -28,9 +28,10 @@ virtual machine whose speed drifts by 10-20% within a minute, the sides of one r
 medians taken side by side compare different moments. The ratio of the sides' medians and each side's best run (the
 closest to its speed on an idle machine) are printed too, and so is the control: llama-bench against itself, whose
 spread is how close this machine can tell two speeds apart. The tiny model generates more tokens
-(``--tiny-tokens``): 256 of them take 70 ms, too short to time on a shared machine; and in more runs (``--tiny-runs``),
-three seconds each, because one run's ratio on this kind of machine spreads by 10-20%. Run it on a machine as quiet as
-you can get. The engine runs its native token loop (desktop/llama/native.py) where it could be built;
+(``--tiny-tokens``): 256 of them take 70 ms, too short to time on a shared machine. One run's ratio on this kind of
+machine spreads by 10-20% (the middle half of runs spans about 0.15), so a median needs dozens of runs to be within
+0.02: 40 of the demo model and 60 of the tiny one by default (about 20 minutes in all), with one prompt pair each
+rather than more pairs in fewer runs. Run it on a machine as quiet as you can get. The engine runs its native token loop (desktop/llama/native.py) where it could be built;
 ``QUANTDESK_NATIVE_LOOP=0`` measures the Python loop instead. ``--gui`` adds the old measurement of the GUI thread's longest stall while a reply streams into the
 Chat page (target < 30 ms).
 """
@@ -339,12 +340,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--threads", type=int, default=default_threads())
-    parser.add_argument("--runs", type=int, default=15, help="runs (the demo model: about 40 s each)")
-    parser.add_argument("--tiny-runs", type=int, default=25, help="runs (the tiny model: about 3 s each)")
+    parser.add_argument("--runs", type=int, default=40, help="runs (the demo model: about 15 s each)")
+    parser.add_argument("--tiny-runs", type=int, default=60, help="runs (the tiny model: a few seconds each)")
     parser.add_argument("--tokens", type=int, default=256, help="tokens generated per run (the demo model)")
     parser.add_argument("--tiny-tokens", type=int, default=1024, help="tokens generated per run (the tiny model)")
     parser.add_argument("--prompt-words", type=int, default=200, help="words in the prompt test (~2 tokens each)")
-    parser.add_argument("--prompt-pairs", type=int, default=3, help="prompt tests (engine, llama-bench) per run")
+    parser.add_argument("--prompt-pairs", type=int, default=1, help="prompt tests (engine, llama-bench) per run")
     parser.add_argument("--models", default="demo,tiny")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--gui", action="store_true", help="also measure the GUI thread's stall while streaming")
