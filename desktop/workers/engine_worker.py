@@ -146,7 +146,7 @@ class EngineWorker(QObject):
     def retire(self, timeout_s: float = 5.0) -> threading.Thread:
         """Like :meth:`shutdown` for a worker replaced while the window stays open, without waiting: the engine
         closes on a thread of its own (a remote engine waits up to ``timeout_s`` for a reply's stream to end,
-        which the window's thread must not). Its late events no longer reach the signals."""
+        which the window's thread must not). Of its late events only ``exited`` still reaches the signals."""
         self._closed = True
         self._flush_timer.stop()
         closer = threading.Thread(target=self.engine.close, kwargs={"timeout": timeout_s}, name="engine-retire",
