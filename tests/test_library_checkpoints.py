@@ -96,3 +96,53 @@ def test_a_refused_cached_snapshot_is_not_read_again_until_it_changes(mock_hub: 
     os.utime(snapshot, ns=(stamp, stamp + 1_000_000_000))  # the folder changed (say, a file was added)
     assert Library().sync_hf_cache() == first and inspected == [snapshot, snapshot]
     assert Library().checkpoints() == []
+
+
+def _drop(page: object, paths: list[Path]) -> bool:
+    """Drag ``paths`` over the page and drop them, as a file manager would: Qt's own drag and drop events."""
+    from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent
+
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    enter = QDragEnterEvent(QPoint(5, 5), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                            Qt.KeyboardModifier.NoModifier)
+    enter.ignore()
+    page.dragEnterEvent(enter)  # type: ignore[attr-defined]
+    if not enter.isAccepted():
+        return False
+    drop = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                      Qt.KeyboardModifier.NoModifier)
+    drop.ignore()
+    page.dropEvent(drop)  # type: ignore[attr-defined]
+    return drop.isAccepted()
+
+
+def test_dropped_folders_and_ggufs_join_the_library_and_other_files_are_passed_over(qtbot: QtBot,
+                                                                                   tmp_path: Path) -> None:
+    """Which dropped paths are folders is found out in a job, not on the window's thread: a checkpoint folder and a
+    GGUF dropped together join the library, a text file with them is passed over, and a text file alone is a
+    sentence."""
+    from desktop.ui.models.checkpoints_view import NOTHING_DROPPED
+    from desktop.ui.models.page import ModelsPage
+    from desktop.workers import JobManager
+    from tests.quant_helpers import write_tiny_llama
+
+    jobs = JobManager()
+    page = ModelsPage(jobs)
+    qtbot.addWidget(page)
+    page.reload()
+    qtbot.waitUntil(lambda: page.checkpoints.status.text().startswith("None yet"), timeout=30_000)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a model", encoding="utf-8")
+    assert _drop(page, [notes])
+    qtbot.waitUntil(lambda: page.checkpoints.status.text() == NOTHING_DROPPED, timeout=30_000)
+
+    folder = assemble("gemma3", tmp_path)
+    gguf = write_tiny_llama(tmp_path / "dropped-F16.gguf", n_layer=1)
+    assert _drop(page, [folder, notes, gguf])
+    qtbot.waitUntil(lambda: page.checkpoints.table.rowCount() == 1
+                    and any(e.path == gguf for e in page.entries), timeout=30_000)
+    assert page.checkpoints.table.item(0, 0).text() == "gemma3"
+    assert page.checkpoints.status.text().startswith("1 on this computer")
+    assert jobs.stop_all(timeout_s=10)

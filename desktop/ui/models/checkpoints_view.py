@@ -26,13 +26,22 @@ from desktop.workers import Job, JobManager
 COLUMNS = ["Checkpoint", "Architecture", "Parameters", "Weights", "Context", "Size", "Source"]
 
 
-def add_folders_job(folders: list[Path]) -> Job:
+NOTHING_DROPPED = "Nothing to add: drop GGUF files or Hugging Face model folders here."
+
+
+def add_folders_job(folders: list[Path], *, folders_only: bool = False) -> Job:
+    """Check each folder as the converter would and list it; ``folders_only``: what was dropped, so paths that are
+    not folders are passed over (the window's thread does not ask the disk which they are)."""
     def add(progress, cancelled):  # type: ignore[no-untyped-def]
         library = Library()
+        added = 0
         for i, folder in enumerate(folders):
             progress(i, len(folders), f"Checking {folder.name}")
+            if folders_only and not folder.is_dir():
+                continue
             library.add_checkpoint(folder)
-        return len(folders)
+            added += 1
+        return added
 
     return Job(f"Add {len(folders)} checkpoint folder{'s' if len(folders) != 1 else ''}", add)
 
@@ -108,9 +117,12 @@ class CheckpointsView(QWidget):
         if folder:
             self.add_folders([Path(folder)])
 
-    def add_folders(self, folders: list[Path]) -> Job:
-        job = add_folders_job(folders)
-        job.sig_result.connect(lambda _: self.sig_changed.emit())
+    def add_folders(self, folders: list[Path], *, dropped: bool = False, with_models: bool = False) -> Job:
+        """Add checkpoint folders (in a job). ``dropped``: paths dropped on the page, of which only the folders
+        count; when none is one and no GGUF came with them (``with_models``), the drop gets a sentence."""
+        job = add_folders_job(folders, folders_only=dropped)
+        say_if_none = dropped and not with_models
+        job.sig_result.connect(lambda added: self.sig_changed.emit() if added else self._on_nothing_added(say_if_none))
         job.sig_error.connect(self._on_error)
         self._jobs.start(job)
         return job
@@ -118,6 +130,10 @@ class CheckpointsView(QWidget):
     @Slot(object)
     def _on_error(self, error: JobError) -> None:
         self.status.setText(error.sentence())
+
+    def _on_nothing_added(self, say: bool) -> None:
+        if say:
+            self.status.setText(NOTHING_DROPPED)
 
     @Slot()
     def reveal_selected(self) -> None:

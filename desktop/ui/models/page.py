@@ -237,20 +237,20 @@ class ModelsPage(Page):
         return job
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
-        paths = [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.isLocalFile()]
-        if any(p.suffix.lower() == ".gguf" or p.is_dir() for p in paths):
+        if any(u.isLocalFile() for u in event.mimeData().urls()):  # which are folders is for the job to find out
             event.acceptProposedAction()
 
     def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
-        """GGUF files join the library; folders are checked as Hugging Face checkpoints."""
+        """GGUF files join the library; the other paths' folders are checked as Hugging Face checkpoints, in a job
+        (the disk may be slow: the window's thread does not ask it which paths are folders)."""
         paths = [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.isLocalFile()]
         files = [p for p in paths if p.suffix.lower() == ".gguf"]
-        folders = [p for p in paths if p.is_dir()]
+        others = [p for p in paths if p.suffix.lower() != ".gguf"]
         if files:
             self.add_files(files)
-        if folders:
-            self.checkpoints.add_folders(folders)
-        if files or folders:
+        if others:
+            self.checkpoints.add_folders(others, dropped=True, with_models=bool(files))
+        if paths:
             event.acceptProposedAction()
 
     # ---- actions on the selection
