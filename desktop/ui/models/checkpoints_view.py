@@ -43,7 +43,9 @@ def add_folders_job(folders: list[Path], *, folders_only: bool = False) -> Job:
             added += 1
         return added
 
-    return Job(f"Add {len(folders)} checkpoint folder{'s' if len(folders) != 1 else ''}", add)
+    n, s = len(folders), "s" if len(folders) != 1 else ""
+    return Job(f"Look for checkpoint folders in {n} dropped item{s}" if folders_only else
+               f"Add {n} checkpoint folder{s}", add)
 
 
 class CheckpointsView(QWidget):
